@@ -1,0 +1,31 @@
+import pytest
+
+import sage_core as sc
+
+
+def test_unknown_and_mistyped_parameters_raise():
+    with pytest.raises(TypeError, match="unknown parameter"):
+        sc.build_config(batchsize=3)
+    with pytest.raises(TypeError, match="batch_size must be int"):
+        sc.build_config(batch_size="3")
+    with pytest.raises(ValueError, match="unknown profile"):
+        sc.build_config("huge")
+    with pytest.raises(ValueError, match="split"):
+        sc.build_config(split="random")
+
+
+def test_profile_fills_untouched_fields_and_explicit_values_win():
+    smoke = sc.build_config("smoke")
+    assert smoke["data"].max_tasks == sc.PROFILES["smoke"]["max_tasks"]
+    assert smoke["run"].profile == "smoke"
+    mine = sc.build_config("smoke", max_tasks=5, holdout_fraction=1)
+    assert mine["data"].max_tasks == 5
+    assert mine["data"].holdout_fraction == 1.0
+    assert sc.build_config()["data"].max_tasks == 0
+
+
+def test_resolve_device():
+    assert sc.resolve_device("cpu") == "cpu"
+    assert sc.resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ValueError):
+        sc.resolve_device("tpu")

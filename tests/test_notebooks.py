@@ -1,0 +1,67 @@
+"""Notebook files as stored in git, and the smoke pipeline run through papermill."""
+import dataclasses
+import json
+import math
+
+import nbformat
+import papermill as pm
+import pytest
+
+import sage_core as sc
+
+NOTEBOOKS = sc.list_notebooks()
+FIELDS = {f.name: f.default for cls in sc.CONFIG_CLASSES.values() for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stored_clean_with_one_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "outputs not stripped"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_mirrors_the_dataclass_defaults(path):
+    params = pm.inspect_notebook(str(path))
+    assert params, "papermill found no parameters"
+    for name, info in params.items():
+        assert name in FIELDS, f"{name} is not a config field"
+        assert eval(info["default"]) == FIELDS[name], name   # literals only, by rule
+    for name in ("run_dir", "profile", "device", "batch_size", "epochs", "seed", "interactive"):
+        assert name in params
+
+
+def test_pipeline_names_the_notebook_and_cell_that_fail(tmp_path):
+    record = sc.run_pipeline("smoke", "cpu", "broken", tmp_path, only="00",
+                             train_set=str(tmp_path / "no-such-folder"))
+    assert record["status"] == "failed"
+    assert "00_arc_data.ipynb failed at cell" in record["failure"]
+    assert "FileNotFoundError" in record["failure"]
+    saved = json.loads((tmp_path / "broken" / "run.json").read_text())
+    assert saved["status"] == "failed" and saved["notebooks"]["00_arc_data"]["status"] == "failed"
+
+
+def test_smoke_run_records_parameters_versions_and_timings(smoke_run):
+    record = json.loads((smoke_run / "run.json").read_text())
+    assert record["status"] == "ok"
+    assert record["parameters"]["profile"] == "smoke"
+    assert record["packages"]["torch"] and record["commit"]
+    assert [p.stem for p in NOTEBOOKS] == list(record["notebooks"])
+    assert all(nb["seconds"] > 0 for nb in record["notebooks"].values())
+    for path in NOTEBOOKS:
+        assert (smoke_run / "notebooks" / path.name).exists()
+
+
+def test_smoke_arc_data_step(smoke_run):
+    summary = json.loads((smoke_run / "steps" / "00_arc_data.json").read_text())
+    n = sc.PROFILES["smoke"]["max_tasks"]
+    assert summary["split"]["tasks"] == 2 * n
+    assert all(d["tasks"] == n for d in summary["datasets"].values())
+    for part in ("val", "test"):
+        scores = summary["copy_baseline"][part]
+        assert all(math.isfinite(v) for v in scores.values())
+        assert 0 < scores["pixel"] < 1 and scores["exact"] == 0
+    figures = {p.name for p in (smoke_run / "figures").glob("00_*.png")}
+    assert {"00_grid_sizes.png", "00_teacher_frames.png", "00_augmentations.png"} <= figures
