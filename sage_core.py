@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 __all__ = [
     # 1. Grids and palette
@@ -46,14 +48,18 @@ __all__ = [
     # 3. Augmentation
     "Augmentation", "dihedral", "inverse_dihedral", "sample_augmentations",
     # 4. Observations
-    "FRAME_PX", "render_grid", "render_pair", "plot_grid", "plot_pair", "plot_task",
+    "FRAME_PX", "render_cells", "pair_cells", "render_grid", "render_pair",
+    "STATE_FEATURES", "TEXT_KEY", "task_encoding", "task_instruction", "demonstration_for",
+    "Observations", "make_observations", "plot_grid", "plot_pair", "plot_task",
     "plot_augmentations", "plot_frames", "plot_size_histogram",
-    # 5. Evaluation and scoring
-    "score_predictions", "copy_baseline",
-    # 6. Configuration and runs
-    "RunConfig", "DataConfig", "PROFILES", "CONFIG_CLASSES", "build_config", "resolve_device",
+    # 6. Feature store
+    "StoreConfig", "StoreMismatch", "build_feature_store", "FeatureStore",
+    # 7. Evaluation and scoring
+    "measure_speed", "score_predictions", "copy_baseline",
+    # 8. Configuration and runs
+    "RunConfig", "DataConfig", "PROFILES", "CONFIG_CLASSES", "build_config", "config_params", "resolve_device",
     "seed_everything", "Run", "open_run", "environment_record", "markdown_table",
-    # 7. Pipeline runner and CLI
+    # 9. Pipeline runner and CLI
     "ROOT", "list_notebooks", "run_pipeline", "BENCHMARKS", "run_bench", "main",
 ]
 
@@ -460,25 +466,149 @@ def sample_augmentations(n: int, seed: int = 0) -> list[Augmentation]:
 # =====================================================================================
 
 FRAME_PX = MAX_GRID * CELL_PX   # 900
+PAIR_PX = CELL_PX // 2           # a demonstration pair shares one frame: 15 px per cell
+
+
+def render_cells(cells: np.ndarray, cell_px: int) -> np.ndarray:
+    """Cell map (..., h, w) of classes 0-10 -> (..., h*cell_px, w*cell_px, 3) uint8 RGB."""
+    rgb = PALETTE[cells]
+    return rgb.repeat(cell_px, axis=-3).repeat(cell_px, axis=-2)
+
+
+def pair_cells(input_cells: np.ndarray, output_cells: np.ndarray) -> np.ndarray:
+    """Two 30x30 cell maps side by side, centred vertically in a 60x60 map (OUTSIDE around):
+    rendered at 15 px per cell this is the 900x900 demonstration frame. Works on batches."""
+    shape = input_cells.shape[:-2] + (2 * MAX_GRID, 2 * MAX_GRID)
+    cells = np.full(shape, OUTSIDE, dtype=np.uint8)
+    top = MAX_GRID // 2
+    cells[..., top:top + MAX_GRID, :MAX_GRID] = input_cells
+    cells[..., top:top + MAX_GRID, MAX_GRID:] = output_cells
+    return cells
 
 
 def render_grid(grid: np.ndarray, cell_px: int = CELL_PX) -> np.ndarray:
     """A grid padded to 30x30 (padding in OUTSIDE_RGB), cell_px pixels per cell.
     -> (30*cell_px, 30*cell_px, 3) uint8; 900x900 at the default 30 px."""
-    rgb = PALETTE[encode_grid(grid)]   # (30, 30, 3)
-    return rgb.repeat(cell_px, axis=0).repeat(cell_px, axis=1)
+    return render_cells(encode_grid(grid), cell_px)
 
 
 def render_pair(pair: Pair) -> np.ndarray:
     """A demonstration pair in one 900x900 frame: input | output side by side, each padded to
     30x30 at 15 px per cell (450x450), centred vertically on an OUTSIDE_RGB background."""
-    half = FRAME_PX // 2
-    frame = np.empty((FRAME_PX, FRAME_PX, 3), dtype=np.uint8)
-    frame[:] = OUTSIDE_RGB
-    top = (FRAME_PX - half) // 2
-    frame[top:top + half, :half] = render_grid(pair.input, half // MAX_GRID)
-    frame[top:top + half, half:] = render_grid(pair.output, half // MAX_GRID)
-    return frame
+    return render_cells(pair_cells(encode_grid(pair.input), encode_grid(pair.output)), PAIR_PX)
+
+
+# GR00T's keys for the SAGE embodiment. The text key has three parts: some Isaac-GR00T versions
+# ignore two-part keys such as "annotation.0" and substitute a default prompt.
+VIDEO_KEY = "video.input_grid"
+STATE_KEY = "state.task_encoding"
+ACTION_KEY = "action.grid_output"
+TEXT_KEY = "annotation.human.task_description"
+STATE_DIM, ACTION_DIM, ACTION_HORIZON = 16, 32, 16
+
+# The 16 numbers of the task encoding (robot state), all from the query input and the
+# demonstrations, never from the query's output; each scaled to about [0, 1].
+STATE_FEATURES = (
+    "query_rows", "query_cols",              # query input size / 30
+    "demo_in_rows", "demo_in_cols",          # frame 1's demonstration input size / 30
+    "demo_out_rows", "demo_out_cols",        # frame 1's demonstration output size / 30
+    "demo_count",                            # demonstrations / 10
+    "same_size_share",                       # demonstrations whose output size equals the input's
+    "size_ratio",                            # mean log2(output cells / input cells), /8 + 0.5
+    "query_colours",                         # distinct colours in the query input / 10
+    "query_black_share",                     # share of black cells in the query input
+    "out_colours",                           # mean distinct colours of demonstration outputs / 10
+    "new_colour_share",                      # demonstrations whose output has a colour its input lacks
+    "changed_share",                         # mean share of changed cells over same-size demonstrations
+    "shrink_share",                          # demonstrations whose output is smaller than the input
+    "test_count",                            # test inputs of the task / 10
+)
+
+
+def task_encoding(task: Task, query: np.ndarray, demo: Pair | None) -> np.ndarray:
+    """The 16-number robot state for one query (names and scaling: STATE_FEATURES). -> (16,)"""
+    demos = task.train
+    sizes = np.array([(p.input.size, p.output.size) for p in demos], dtype=np.float64)
+    same = [p.input.shape == p.output.shape for p in demos]
+    changed = [float((p.input != p.output).mean()) for p, s in zip(demos, same) if s]
+    colours = lambda g: set(np.unique(g).tolist())  # noqa: E731
+    demo_in, demo_out = (demo.input.shape, demo.output.shape) if demo else ((0, 0), (0, 0))
+    return np.array([
+        query.shape[0] / MAX_GRID, query.shape[1] / MAX_GRID,
+        demo_in[0] / MAX_GRID, demo_in[1] / MAX_GRID,
+        demo_out[0] / MAX_GRID, demo_out[1] / MAX_GRID,
+        len(demos) / 10,
+        np.mean(same),
+        np.clip(np.log2(sizes[:, 1] / sizes[:, 0]).mean() / 8 + 0.5, 0, 1),
+        len(colours(query)) / 10,
+        float((query == 0).mean()),
+        np.mean([len(colours(p.output)) for p in demos]) / 10,
+        np.mean([bool(colours(p.output) - colours(p.input)) for p in demos]),
+        np.mean(changed) if changed else 0.0,
+        np.mean(sizes[:, 1] < sizes[:, 0]),
+        len(task.test) / 10,
+    ], dtype=np.float32)
+
+
+def task_instruction(task_id: str) -> str:
+    """The line of text the teacher reads with every observation of a task."""
+    return (f"Solve ARC task {task_id}: the first image is the query input grid, the second "
+            "shows an example input and its output; produce the output grid for the query.")
+
+
+def demonstration_for(task: Task, ex: Example) -> Pair | None:
+    """The demonstration drawn in frame 1: never the query pair itself, so the query's output
+    never reaches the teacher. A test query uses the first demonstration, demonstration i the
+    next one. None only for a task with a single demonstration queried on it."""
+    if ex.kind == "test":
+        return task.train[0]
+    others = [p for i, p in enumerate(task.train) if i != ex.index]
+    return others[ex.index % len(others)] if others else None
+
+
+@dataclass
+class Observations:
+    """A batch of teacher observations, kept as cell maps; rendered to pixels where needed."""
+    examples: list[Example]
+    query: np.ndarray    # (B, 30, 30) uint8: frame 0, the query input
+    pair: np.ndarray     # (B, 60, 60) uint8: frame 1, a demonstration input | output
+    state: np.ndarray    # (B, 16) float32: task encoding
+    text: list[str]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def video(self) -> np.ndarray:
+        """(B, T=2, V=1, 900, 900, 3) uint8, as GR00T takes video."""
+        frames = np.stack([render_cells(self.query, CELL_PX), render_cells(self.pair, PAIR_PX)], 1)
+        return frames[:, :, None]
+
+    def groot_inputs(self) -> dict[str, np.ndarray]:
+        """GR00T's observation dict, batched (6-D video, text as an array of str)."""
+        n = len(self)
+        return {
+            VIDEO_KEY: self.video()[:, :, 0],                                   # (B, T, H, W, C)
+            STATE_KEY: self.state[:, None, :],                                   # (B, 1, 16)
+            ACTION_KEY: np.zeros((n, ACTION_HORIZON, ACTION_DIM), np.float32),  # placeholder
+            TEXT_KEY: np.array(self.text),
+        }
+
+
+def make_observations(tasks: dict[str, Task], examples: Sequence[Example]) -> Observations:
+    """Observations for query examples: frame 0 the query input, frame 1 another demonstration
+    (input | output), the task encoding, the instruction. The query's output is never used."""
+    query, pair, state = [], [], []
+    blank = np.full((MAX_GRID, MAX_GRID), OUTSIDE, np.uint8)
+    for ex in examples:
+        task = tasks[ex.task_id]
+        q = getattr(task, ex.kind)[ex.index].input
+        demo = demonstration_for(task, ex)
+        query.append(encode_grid(q))
+        pair.append(pair_cells(encode_grid(demo.input), encode_grid(demo.output)) if demo
+                    else pair_cells(blank, blank))
+        state.append(task_encoding(task, q, demo))
+    return Observations(list(examples), np.stack(query), np.stack(pair), np.stack(state),
+                        [task_instruction(ex.task_id) for ex in examples])
 
 
 def _colour_map():
@@ -574,8 +704,494 @@ def plot_size_histogram(stats_by_set: dict[str, dict[str, Any]]):
 
 
 # =====================================================================================
-# 5. Evaluation and scoring — per-pixel accuracy, exact grids, tasks solved
+# 5. Teachers — one interface (load_teacher) over GR00T N1.5, its stand-in, and trained SAGE
 # =====================================================================================
+
+@dataclass
+class TeacherConfig:
+    """Which teacher gives the features the student aligns to."""
+    teacher: str = "standin"        # standin | groot | sage
+    teacher_preset: str = "auto"    # standin size: tiny | full | auto: full on CUDA, tiny on CPU
+    teacher_path: str = ""          # groot: checkpoint folder; sage: checkpoint file
+
+
+@dataclass
+class TeacherOutput:
+    features: torch.Tensor                     # (B, N, D) backbone hidden states
+    mask: torch.Tensor                         # (B, N) bool, True for real tokens
+    pooled: torch.Tensor                       # (B, D) float32, masked mean over tokens
+    cell_logits: torch.Tensor | None = None    # (B, 30, 30, 11) where the teacher predicts cells
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x (B, N, D) over the tokens where mask (B, N) is True, in float32. -> (B, D)"""
+    m = mask.to(torch.float32).unsqueeze(-1)
+    return (x.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class Teacher:
+    """What every teacher backend provides. `pretrained` is False for teachers whose features
+    carry no knowledge (the stand-in's random weights): every figure that shows them says so."""
+    name: str = "teacher"
+    pretrained: bool = False
+    feature_dim: int = 0
+    model: torch.nn.Module
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def describe(self) -> dict[str, Any]:
+        """Identity and facts of this teacher: what a feature store records."""
+        p = next(self.model.parameters())
+        return {"teacher": self.name, "parameters": self.n_params, "dtype": str(p.dtype),
+                "device": str(p.device), "feature_dim": self.feature_dim,
+                "pretrained": self.pretrained, **self.identity()}
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two instances give the same features (hashed into feature stores)."""
+        raise NotImplementedError
+
+    def extract(self, obs: Observations) -> TeacherOutput:
+        raise NotImplementedError
+
+
+# --- stand-in: GR00T N1.5's backbone shapes from transformers' own classes, random weights ---
+
+# Eagle 2.5 tiles a square 900x900 frame as 3x3 tiles plus a thumbnail (its dynamic tiling picks
+# the largest grid of at most 12 tiles whose aspect matches); each tile is one SigLIP image.
+EAGLE_GRID, EAGLE_TILES = 3, 10
+
+STANDIN_PRESETS: dict[str, dict[str, int]] = {
+    # N1.5's backbone: SigLIP 27 x 1152 on 224-px tiles (patch 14: 256 tokens), Linear 1152->2048,
+    # Qwen3 width 2048, 16 query / 8 key-value heads, 12 of 28 layers kept.
+    "full": dict(tile_px=224, patch_px=14, vision_width=1152, vision_layers=27, vision_heads=16,
+                 vision_mlp=4304, width=2048, layers=12, heads=16, kv_heads=8, head_dim=128,
+                 mlp=6144, vocab=151680),
+    # Same structure, small enough for CPU tests: 56-px tiles give 16 tokens per tile.
+    "tiny": dict(tile_px=56, patch_px=14, vision_width=32, vision_layers=2, vision_heads=2,
+                 vision_mlp=64, width=64, layers=2, heads=4, kv_heads=2, head_dim=16, mlp=128,
+                 vocab=4096),
+}
+STANDIN_SEED = 0           # the stand-in's weights are fixed by this seed
+_FIRST_WORD_ID = 1000      # hashed word ids start here; 0 is padding
+
+
+def _word_ids(text: str, vocab: int) -> list[int]:
+    """A stable stand-in tokenizer (no tokenizer files exist offline): one id per word or
+    punctuation mark, hashed into the vocabulary. Gives about the token count of Qwen's."""
+    import zlib
+    words = re.findall(r"\w+|[^\w\s]", text)
+    return [_FIRST_WORD_ID + zlib.crc32(w.encode()) % (vocab - _FIRST_WORD_ID) for w in words]
+
+
+class StandinBackbone(torch.nn.Module):
+    """SigLIP vision tower -> Linear projector -> Qwen3 decoder, as in GR00T N1.5's Eagle backbone."""
+
+    def __init__(self, preset: dict[str, int]):
+        super().__init__()
+        from transformers import Qwen3Config, Qwen3Model, SiglipVisionConfig, SiglipVisionModel
+        p = preset
+        vision = SiglipVisionConfig(hidden_size=p["vision_width"], intermediate_size=p["vision_mlp"],
+                                    num_hidden_layers=p["vision_layers"],
+                                    num_attention_heads=p["vision_heads"], image_size=p["tile_px"],
+                                    patch_size=p["patch_px"], vision_use_head=False)
+        llm = Qwen3Config(vocab_size=p["vocab"], hidden_size=p["width"], intermediate_size=p["mlp"],
+                          num_hidden_layers=p["layers"], num_attention_heads=p["heads"],
+                          num_key_value_heads=p["kv_heads"], head_dim=p["head_dim"],
+                          max_position_embeddings=8192, use_cache=False)
+        vision._attn_implementation = llm._attn_implementation = "sdpa"
+        self.vision = SiglipVisionModel(vision)
+        self.mlp1 = torch.nn.Linear(p["vision_width"], p["width"])
+        self.llm = Qwen3Model(llm)
+
+    def forward(self, tiles: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                image_slots: torch.Tensor) -> torch.Tensor:
+        """tiles (B*frames*10, 3, t, t) normalised; input_ids / attention_mask (B, L); image_slots
+        (B, L) bool, True where an image token goes (row-major: frame, tile, patch). -> (B, L, D)"""
+        vis = self.vision(pixel_values=tiles).last_hidden_state          # (B*20, 256, 1152)
+        img = self.mlp1(vis).reshape(input_ids.shape[0], -1, self.mlp1.out_features)
+        emb = self.llm.embed_tokens(input_ids)
+        emb = emb.masked_scatter(image_slots.unsqueeze(-1), img.to(emb.dtype))
+        positions = (attention_mask.long().cumsum(1) - 1).clamp_min(0)   # left padding
+        return self.llm(inputs_embeds=emb, attention_mask=attention_mask,
+                        position_ids=positions).last_hidden_state
+
+
+def _device_dtype(device: str) -> tuple[str, torch.dtype]:
+    device = resolve_device(device)
+    return device, torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+class StandinTeacher(Teacher):
+    """GR00T-shaped backbone with seeded random weights: real shapes, cost and memory, no
+    knowledge. Takes the same observations as `groot` and returns features of the same form."""
+    name = "standin"
+    pretrained = False
+
+    def __init__(self, preset: str = "auto", device: str = "auto"):
+        device, dtype = _device_dtype(device)
+        self.preset = ("full" if device.startswith("cuda") else "tiny") if preset == "auto" else preset
+        if self.preset not in STANDIN_PRESETS:
+            raise ValueError(f"unknown stand-in preset {preset!r}; use {sorted(STANDIN_PRESETS)}")
+        self.p = STANDIN_PRESETS[self.preset]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(STANDIN_SEED)
+            self.model = StandinBackbone(self.p).to(device=device, dtype=dtype).eval()
+        self.feature_dim = self.p["width"]
+        self.device, self.dtype = device, dtype
+        self.palette = torch.tensor(PALETTE, device=device)
+        self.tokens_per_tile = (self.p["tile_px"] // self.p["patch_px"]) ** 2
+
+    def identity(self) -> dict[str, Any]:
+        return {"preset": self.preset, "seed": STANDIN_SEED,
+                "note": "stand-in: GR00T N1.5 shapes, random weights; its features carry no knowledge"}
+
+    def tiles(self, obs: Observations) -> torch.Tensor:
+        """Render both frames on the device and tile them as Eagle does: the 900x900 frame
+        resized to 3x3 tiles plus a thumbnail, SigLIP-normalised. -> (B*2*10, 3, t, t)"""
+        t = self.p["tile_px"]
+        frames = []
+        for cells, px in ((obs.query, CELL_PX), (obs.pair, PAIR_PX)):
+            c = torch.as_tensor(cells, device=self.device).long()
+            rgb = self.palette[c].repeat_interleave(px, 1).repeat_interleave(px, 2)  # (B,900,900,3)
+            frames.append(rgb.permute(0, 3, 1, 2).float() / 255)
+        x = torch.stack(frames, 1).flatten(0, 1)                           # (B*2, 3, 900, 900)
+        big = F.interpolate(x, size=(EAGLE_GRID * t,) * 2, mode="bilinear", antialias=True)
+        thumb = F.interpolate(x, size=(t, t), mode="bilinear", antialias=True)
+        grid = big.unflatten(2, (EAGLE_GRID, t)).unflatten(4, (EAGLE_GRID, t))  # (n,3,g,t,g,t)
+        grid = grid.permute(0, 2, 4, 1, 3, 5).flatten(1, 2)                  # (n, 9, 3, t, t)
+        tiles = torch.cat([grid, thumb.unsqueeze(1)], 1).flatten(0, 1)       # (n*10, 3, t, t)
+        return ((tiles - 0.5) / 0.5).to(self.dtype)                          # SigLIP mean/std 0.5
+
+    def tokens(self, obs: Observations) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Chat-style sequence: a prefix, both frames' image tokens, the instruction; left-padded.
+        -> input_ids, attention_mask, image_slots, each (B, L)"""
+        vocab, n_img = self.p["vocab"], 2 * EAGLE_TILES * self.tokens_per_tile
+        rows = []
+        for text in obs.text:
+            prefix = _word_ids("<|im_start|> user", vocab)
+            suffix = _word_ids(f"{text} <|im_end|> <|im_start|> assistant", vocab)
+            rows.append((prefix, suffix))
+        length = max(len(a) + n_img + len(b) for a, b in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        slots = torch.zeros(len(rows), length, dtype=torch.bool)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, (a, b) in enumerate(rows):
+            start = length - (len(a) + n_img + len(b))
+            ids[i, start:start + len(a)] = torch.tensor(a)
+            ids[i, length - len(b):] = torch.tensor(b)
+            slots[i, start + len(a):length - len(b)] = True
+            mask[i, start:] = True
+        return ids.to(self.device), mask.to(self.device), slots.to(self.device)
+
+    @torch.inference_mode()
+    def extract(self, obs: Observations) -> TeacherOutput:
+        ids, mask, slots = self.tokens(obs)
+        features = self.model(self.tiles(obs), ids, mask.long(), slots)
+        return TeacherOutput(features, mask, masked_mean(features, mask))
+
+
+# --- GR00T N1.5 itself, through NVIDIA's Isaac-GR00T package and a local checkpoint ---
+
+GROOT_INSTALL = (
+    "The groot teacher needs NVIDIA's Isaac-GR00T package (Python 3.10, torch 2.5.1, transformers "
+    "4.51.3) and a local GR00T N1.5 checkpoint folder. Create its environment with "
+    "`conda env create -f environment-groot.yml` (it installs Isaac-GR00T from a local clone named "
+    "by ISAAC_GR00T_DIR), put the checkpoint (e.g. nvidia/GR00T-N1.5-3B) in a folder, and run "
+    "`python -m sage_core extract --teacher groot --teacher-path /path/to/checkpoint` there. "
+    "Nothing is downloaded.")
+GROOT_TAG = "new_embodiment"
+
+
+def groot_status(path: str = "") -> str:
+    """Whether the groot teacher can run here, and if not, what is missing and what to do."""
+    import importlib.util
+    missing = []
+    if importlib.util.find_spec("gr00t") is None:
+        missing.append("the gr00t package (Isaac-GR00T) is not installed in this environment")
+    if not path:
+        missing.append("no checkpoint folder given (teacher_path)")
+    elif not (Path(path) / "config.json").exists():
+        missing.append(f"{path} is not a checkpoint folder (no config.json)")
+    if not missing:
+        return f"groot: ready ({path})"
+    return "groot: unavailable: " + "; ".join(missing) + ". " + GROOT_INSTALL
+
+
+TEACHERS: dict[str, Any] = {"standin": StandinTeacher}
+
+
+def teacher_options(cfg: TeacherConfig) -> dict[str, Any]:
+    """The keyword options of cfg's backend, from the flat config."""
+    return {"standin": {"preset": cfg.teacher_preset}}.get(cfg.teacher, {"path": cfg.teacher_path})
+
+
+def load_teacher(name: str = "standin", device: str = "auto", **options: Any) -> Teacher:
+    """A teacher backend by name: 'standin' (preset=), 'groot' (path=), 'sage' (path=)."""
+    if name not in TEACHERS:
+        raise ValueError(f"unknown teacher {name!r}; available: {sorted(TEACHERS)}")
+    return TEACHERS[name](device=device, **options)
+
+
+def teacher_label(info: dict[str, Any]) -> str:
+    """How a figure names a teacher: stand-in features are never presented as GR00T's."""
+    label = f"{info['teacher']}" + (f" ({info['preset']})" if info.get("preset") else "")
+    return label + ("" if info["pretrained"] else ": random weights, features carry no knowledge")
+
+
+def plot_state(state: np.ndarray, title: str = ""):
+    """The 16-number task encoding as a labelled bar chart. -> Figure"""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.barh(range(STATE_DIM), state, color="#0074D9")
+    ax.set_yticks(range(STATE_DIM), STATE_FEATURES, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("value (each feature scaled to about 0-1)")
+    ax.set_title(title or "task encoding fed as robot state", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_feature_similarity(pooled: torch.Tensor, task_ids: Sequence[str], label: str):
+    """Cosine similarity of pooled teacher features between examples, ordered by task: blocks
+    on the diagonal mean examples of one task look alike to the teacher. -> Figure"""
+    import matplotlib.pyplot as plt
+    x = F.normalize(pooled.float(), dim=-1)
+    sim = (x @ x.T).cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(sim, cmap="viridis", interpolation="nearest")
+    edges = [i for i in range(1, len(task_ids)) if task_ids[i] != task_ids[i - 1]]
+    for e in edges:
+        ax.axhline(e - 0.5, color="white", lw=0.6)
+        ax.axvline(e - 0.5, color="white", lw=0.6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"{len(task_ids)} examples, grouped by task (white lines)")
+    fig.colorbar(im, ax=ax, label="cosine similarity")
+    ax.set_title(f"Pooled features: {label}", fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+# =====================================================================================
+# 6. Feature store — teacher targets on disk: one atomic safetensors shard per task
+# =====================================================================================
+
+@dataclass
+class StoreConfig:
+    """Where the teacher's targets go and what is kept per example."""
+    store_dir: str = ""             # feature store folder; empty means <run_dir>/feature_store
+    store_tokens: bool = False      # also keep every token's features (the features student)
+
+
+STORE_FORMAT = 1   # bump when the observation or shard layout changes: old stores then refuse
+
+
+class StoreMismatch(RuntimeError):
+    """A feature store that does not match what asks for it (teacher, shapes, split)."""
+
+
+def _identity_hash(identity: dict[str, Any]) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def store_identity(teacher: Teacher, store_tokens: bool) -> dict[str, Any]:
+    """Everything that decides a shard's content; its hash guards resumption."""
+    return {"format": STORE_FORMAT, "teacher": teacher.name, **teacher.identity(),
+            "feature_dim": teacher.feature_dim, "store_tokens": store_tokens,
+            "state_features": list(STATE_FEATURES), "dtype": str(teacher.describe()["dtype"])}
+
+
+def _shard_path(store: Path, task_id: str) -> Path:
+    return store / "shards" / f"{task_id}.safetensors"
+
+
+def _shard_ok(path: Path, examples: list[Example], config_hash: str, dim: int) -> bool:
+    """A finished shard: readable, from this identity, holding exactly these examples."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            shape = f.get_slice("pooled").get_shape()
+    except Exception:   # a truncated or foreign file is simply rebuilt  # noqa: BLE001
+        return False
+    keys = [[e.kind, e.index] for e in examples]
+    return (meta.get("config_hash") == config_hash and json.loads(meta.get("examples", "[]")) == keys
+            and list(shape) == [len(examples), dim])
+
+
+def _write_shard(path: Path, tensors: dict[str, torch.Tensor], examples: list[Example],
+                 config_hash: str) -> None:
+    from safetensors.torch import save_file
+    tmp = path.with_name(path.name + ".tmp")
+    meta = {"config_hash": config_hash, "examples": json.dumps([[e.kind, e.index] for e in examples])}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)   # atomic: a shard is either whole or absent
+
+
+def _examples_by_task(split: Split) -> dict[str, list[Example]]:
+    by_task: dict[str, list[Example]] = {}
+    for ex in split.train + split.val + split.test:
+        by_task.setdefault(ex.task_id, []).append(ex)
+    return by_task
+
+
+def build_feature_store(teacher: Teacher, split: Split, store_dir: str | os.PathLike,
+                        batch_size: int = 16, store_tokens: bool = False,
+                        progress: bool = True) -> dict[str, Any]:
+    """Run the teacher over every example of the split and keep its targets, one shard per task.
+
+    Resumable: finished shards are checked and skipped, a shard is written to a temporary name
+    and renamed, and a store built by another teacher or config is refused (nothing is
+    overwritten). Per example it keeps the pooled feature vector (D) in bf16, the teacher's
+    per-cell logits where it has them, and every token's features with store_tokens.
+    Observations for the next batch are built on a CPU thread while the teacher runs.
+    Returns the manifest (also written to manifest.json)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+    store = Path(store_dir)
+    (store / "shards").mkdir(parents=True, exist_ok=True)
+    identity = store_identity(teacher, store_tokens)
+    config_hash = _identity_hash(identity)
+    id_path = store / "identity.json"
+    if id_path.exists():
+        found = json.loads(id_path.read_text())
+        if found.get("config_hash") != config_hash:
+            raise StoreMismatch(f"{store} holds features of {found.get('identity')}, not of "
+                                f"{identity}; choose another store_dir or delete that folder")
+    else:
+        _write_json(id_path, {"config_hash": config_hash, "identity": identity})
+    by_task = _examples_by_task(split)
+    todo = [t for t, exs in by_task.items()
+            if not _shard_ok(_shard_path(store, t), exs, config_hash, teacher.feature_dim)]
+    queue = [ex for t in todo for ex in by_task[t]]
+    batches = [queue[i:i + batch_size] for i in range(0, len(queue), batch_size)]
+    pending: dict[str, dict[str, list[torch.Tensor]]] = {}
+    model_seconds, t0 = 0.0, time.perf_counter()
+    bar = tqdm(total=len(queue), desc=f"teacher {teacher.name}", unit="ex", disable=not progress)
+    with ThreadPoolExecutor(1) as pool:
+        next_obs = pool.submit(make_observations, split.tasks, batches[0]) if batches else None
+        for i, batch in enumerate(batches):
+            obs = next_obs.result()
+            if i + 1 < len(batches):
+                next_obs = pool.submit(make_observations, split.tasks, batches[i + 1])
+            t_model = time.perf_counter()
+            out = teacher.extract(obs)
+            parts = {"pooled": out.pooled.to(torch.bfloat16).cpu()}
+            if out.cell_logits is not None:
+                parts["cell_logits"] = out.cell_logits.to(torch.float16).cpu()
+            if store_tokens:
+                parts["tokens"] = out.features.to(torch.bfloat16).cpu()
+                parts["token_mask"] = out.mask.cpu()
+            model_seconds += time.perf_counter() - t_model   # .cpu() waited for the device
+            for j, ex in enumerate(batch):
+                slot = pending.setdefault(ex.task_id, {})
+                for key, value in parts.items():
+                    slot.setdefault(key, []).append(value[j])
+                if len(slot["pooled"]) == len(by_task[ex.task_id]):
+                    stacked = {k: torch.stack(v) for k, v in pending.pop(ex.task_id).items()}
+                    _write_shard(_shard_path(store, ex.task_id), stacked, by_task[ex.task_id],
+                                 config_hash)
+            bar.update(len(batch))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    shard_bytes = sum(_shard_path(store, t).stat().st_size for t in by_task)
+    n = sum(len(v) for v in by_task.values())
+    manifest = {
+        "config_hash": config_hash, "identity": identity, **teacher.describe(),
+        "built": _now(), "tasks": len(by_task), "examples": n,
+        "examples_by_part": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
+        "split": split.name, "computed_now": len(queue), "reused_shards": len(by_task) - len(todo),
+        "tensors": {"pooled": ["bf16", [teacher.feature_dim]]}
+        | ({"tokens": ["bf16", ["N", teacher.feature_dim]]} if store_tokens else {}),
+        "seconds_per_example": seconds / len(queue) if queue else None,
+        "model_seconds_per_example": model_seconds / len(queue) if queue else None,
+        "bytes_per_example": shard_bytes / max(n, 1),
+    }
+    _write_json(store / "manifest.json", manifest)
+    return manifest
+
+
+class FeatureStore:
+    """Read side of a feature store: the manifest and the targets of any examples."""
+
+    def __init__(self, store_dir: str | os.PathLike):
+        self.dir = Path(store_dir)
+        path = self.dir / "manifest.json"
+        if not path.exists():
+            raise StoreMismatch(f"no feature store at {self.dir} (manifest.json missing): "
+                                "build it first (notebook 02_dataset_build)")
+        self.manifest = json.loads(path.read_text())
+
+    def check(self, teacher: str | None = None, feature_dim: int | None = None) -> "FeatureStore":
+        """Raise StoreMismatch unless the store comes from that teacher with that width."""
+        m = self.manifest
+        if teacher is not None and m["teacher"] != teacher:
+            raise StoreMismatch(f"{self.dir} holds features of teacher {m['teacher']!r}, "
+                                f"not {teacher!r}")
+        if feature_dim is not None and m["feature_dim"] != feature_dim:
+            raise StoreMismatch(f"{self.dir} holds {m['feature_dim']}-dim features, "
+                                f"expected {feature_dim}")
+        return self
+
+    def load(self, examples: Sequence[Example], key: str = "pooled") -> torch.Tensor:
+        """Stacked targets of `examples` in their order, e.g. pooled -> (n, D)."""
+        from safetensors.torch import load_file
+        shards: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}
+        rows = []
+        for ex in examples:
+            if ex.task_id not in shards:
+                path = _shard_path(self.dir, ex.task_id)
+                if not path.exists():
+                    raise StoreMismatch(f"{self.dir} has no shard for task {ex.task_id}")
+                from safetensors import safe_open
+                with safe_open(str(path), "pt") as f:
+                    keys = json.loads(f.metadata()["examples"])
+                shards[ex.task_id] = (load_file(str(path)), {tuple(k): i for i, k in enumerate(keys)})
+            tensors, index = shards[ex.task_id]
+            if key not in tensors:
+                raise StoreMismatch(f"{self.dir} keeps no {key!r} (has {sorted(tensors)})")
+            rows.append(tensors[key][index[(ex.kind, ex.index)]])
+        return torch.stack(rows)
+
+
+# =====================================================================================
+# 7. Evaluation and scoring — per-pixel accuracy, exact grids, tasks solved
+# =====================================================================================
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def measure_speed(run_batch, batch_sizes: Sequence[int], device: str, repeats: int = 3,
+                  warmup: int = 1) -> list[dict[str, float]]:
+    """Time `run_batch(b)` (one forward of b examples) for each batch size on `device`.
+
+    Per size: ms per example, examples/s (best of `repeats` after `warmup` calls) and, on CUDA,
+    peak memory allocated in MiB during those calls."""
+    rows = []
+    for b in batch_sizes:
+        for _ in range(warmup):
+            run_batch(b)
+        _sync(device)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run_batch(b)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
+        rows.append({"batch": b, "ms_per_example": 1e3 * best / b, "examples_per_s": b / best,
+                     "peak_mib": peak})
+    return rows
+
 
 def score_predictions(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray],
                       task_ids: Sequence[str]) -> dict[str, float]:
@@ -614,7 +1230,7 @@ def copy_baseline(split: Split, part: str = "test") -> dict[str, float]:
 
 
 # =====================================================================================
-# 6. Configuration and runs — one dataclass per component, profiles, run folders
+# 8. Configuration and runs — one dataclass per component, profiles, run folders
 # =====================================================================================
 
 @dataclass
@@ -630,7 +1246,8 @@ class RunConfig:
     publish_figures: bool = True     # also copy figures into figures/ for README.md
 
 
-CONFIG_CLASSES = {"run": RunConfig, "data": DataConfig}
+CONFIG_CLASSES = {"run": RunConfig, "data": DataConfig, "teacher": TeacherConfig,
+                  "store": StoreConfig}
 
 # Each profile lists only what it changes from the dataclass defaults.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -675,6 +1292,13 @@ def build_config(profile: str = "default", **params: Any) -> dict[str, Any]:
             raise TypeError(f"parameter {name} must be {expected.__name__}, got {value!r}")
     return {section: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
             for section, cls in CONFIG_CLASSES.items()}
+
+
+def config_params(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The config fields defined in a namespace: a notebook passes globals() after its
+    parameters cell, so every parameter it mirrors (and papermill injected) reaches the config."""
+    names = _field_defaults()
+    return {k: v for k, v in namespace.items() if k in names}
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -788,6 +1412,12 @@ class Run:
         _write_json(path, {"step": self.step, "finished": _now(), **summary})
         return path
 
+    @property
+    def store_dir(self) -> Path:
+        """The feature store of this run: store_dir when set, else <run>/feature_store."""
+        configured = self.config["store"].store_dir
+        return Path(configured) if configured else self.dir / "feature_store"
+
     def read_summary(self, step: str) -> dict[str, Any]:
         path = self.dir / "steps" / f"{step}.json"
         if not path.exists():
@@ -827,7 +1457,7 @@ def open_run(step: str, profile: str = "default", **params: Any) -> Run:
 
 
 # =====================================================================================
-# 7. Pipeline runner and CLI — the numbered notebooks through papermill, one run folder
+# 9. Pipeline runner and CLI — the numbered notebooks through papermill, one run folder
 # =====================================================================================
 
 NOTEBOOK_DIR = ROOT / "notebooks"
