@@ -54,12 +54,17 @@ __all__ = [
     "plot_augmentations", "plot_frames", "plot_size_histogram",
     # 6. Feature store
     "StoreConfig", "StoreMismatch", "build_feature_store", "FeatureStore",
-    # 7. Evaluation and scoring
+    # 7. Students
+    "StudentConfig", "StudentOutput", "GridStudent", "FeaturesStudent", "build_student",
+    "canvas_side", "pad_to_full", "parameter_table", "SEED_PARAMETERS",
+    # 8. Losses
+    "LossConfig", "DistillLoss",
+    # 9. Evaluation and scoring
     "measure_speed", "score_predictions", "copy_baseline",
-    # 8. Configuration and runs
+    # 10. Configuration and runs
     "RunConfig", "DataConfig", "PROFILES", "CONFIG_CLASSES", "build_config", "config_params", "resolve_device",
     "seed_everything", "Run", "open_run", "environment_record", "markdown_table",
-    # 9. Pipeline runner and CLI
+    # 11. Pipeline runner and CLI
     "ROOT", "list_notebooks", "run_pipeline", "BENCHMARKS", "run_bench", "main",
 ]
 
@@ -1160,7 +1165,250 @@ class FeatureStore:
 
 
 # =====================================================================================
-# 7. Evaluation and scoring — per-pixel accuracy, exact grids, tasks solved
+# 7. Students — SAGE models: [B, 30, 30, 11] logits and the pooled vector the loss aligns
+# =====================================================================================
+
+@dataclass
+class StudentConfig:
+    """Sizes of a SAGE student; the seed's size is the default."""
+    student: str = "grid"          # grid | features
+    width: int = 512               # model width
+    depth: int = 6                 # encoder layers
+    heads: int = 8                 # attention heads
+    task_tokens: int = 4           # task-embedding tokens per example, grid student
+    refine_steps: int = 1          # K: encoder passes with a loss after each, 1 means plain
+    canvas_bucket: int = 5         # canvas side rounded up to a multiple of this
+    decoder_hidden: int = 1664     # features student: hidden width of its 3-layer grid decoder
+
+
+def canvas_side(task: Task, bucket: int = 5) -> int:
+    """Side of the square canvas a task computes on: the largest side of its demonstration
+    grids and test inputs (test outputs are unknown at inference), rounded up to `bucket`.
+    Square, so every dihedral transform keeps it."""
+    grids = [g for p in task.train for g in (p.input, p.output)] + [p.input for p in task.test]
+    side = max(max(g.shape) for g in grids)
+    return min(MAX_GRID, -(-side // bucket) * bucket)
+
+
+class RMSNorm(torch.nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class EncoderBlock(torch.nn.Module):
+    """Pre-norm transformer block: SDPA self-attention (no causal mask) and a SwiGLU MLP."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = RMSNorm(width), RMSNorm(width)
+        self.qkv = torch.nn.Linear(width, 3 * width, bias=False)
+        self.proj = torch.nn.Linear(width, width, bias=False)
+        hidden = 4 * width
+        self.gate_up = torch.nn.Linear(width, 2 * hidden, bias=False)
+        self.down = torch.nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        attn_mask = None if mask is None else mask[:, None, None, :]      # (B, 1, 1, N) keys
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, heads, N, hs)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, N, C))
+        gate, up = self.gate_up(self.norm2(x)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+class Encoder(torch.nn.Module):
+    def __init__(self, width: int, depth: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.blocks = torch.nn.ModuleList(EncoderBlock(width, heads) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+
+@dataclass
+class StudentOutput:
+    logits: torch.Tensor          # (B, 30, 30, 11) final step
+    pooled: torch.Tensor          # (B, width) the hidden vector the feature loss aligns
+    steps: list[torch.Tensor]     # logits after each refinement step (deep supervision)
+
+
+def _outside_logits(device, dtype) -> torch.Tensor:
+    """Logits for cells beyond the canvas: certain of OUTSIDE (a constant, so no gradient)."""
+    v = torch.full((NUM_CLASSES,), -30.0, device=device, dtype=dtype)
+    v[OUTSIDE] = 30.0
+    return v
+
+
+def pad_to_full(logits: torch.Tensor) -> torch.Tensor:
+    """(B, s, s, 11) canvas logits -> (B, 30, 30, 11), cells beyond the canvas set to OUTSIDE."""
+    B, h, w, _ = logits.shape
+    if h == w == MAX_GRID:
+        return logits
+    full = _outside_logits(logits.device, logits.dtype).expand(B, MAX_GRID, MAX_GRID, NUM_CLASSES).clone()
+    full[:, :h, :w] = logits
+    return full
+
+
+class GridStudent(torch.nn.Module):
+    """Reads the query grid on its task's canvas: colour embedding + learned row and column
+    embeddings per cell, plus task-embedding tokens (one embedding per augmented task id);
+    a transformer encoder; a per-cell head. Needs no teacher at inference."""
+
+    def __init__(self, cfg: StudentConfig, n_task_ids: int):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.colour = torch.nn.Embedding(NUM_CLASSES, w)
+        self.row = torch.nn.Embedding(MAX_GRID, w)
+        self.col = torch.nn.Embedding(MAX_GRID, w)
+        self.task = torch.nn.Embedding(n_task_ids, cfg.task_tokens * w)
+        torch.nn.init.zeros_(self.task.weight)   # HRM/TRM: task embeddings start at zero
+        self.encoder = Encoder(w, cfg.depth, cfg.heads)
+        self.norm = RMSNorm(w)
+        self.head = torch.nn.Linear(w, NUM_CLASSES)
+
+    def forward(self, cells: torch.Tensor, task_index: torch.Tensor) -> StudentOutput:
+        """cells (B, s, s) classes 0-10 on the canvas; task_index (B,) ids of augmented tasks."""
+        B, h, w = cells.shape
+        pos = self.row.weight[:h, None, :] + self.col.weight[None, :w, :]          # (h, w, C)
+        x = (self.colour(cells) + pos).flatten(1, 2)                               # (B, h*w, C)
+        t = self.task(task_index).view(B, self.cfg.task_tokens, -1)                # (B, T, C)
+        x = torch.cat([t, x], 1)
+        z, steps = x, []
+        for k in range(self.cfg.refine_steps):
+            z = self.encoder(x if k == 0 else z + x)     # TRM-style: refine from the last state
+            cell_z = self.norm(z[:, self.cfg.task_tokens:])
+            steps.append(pad_to_full(self.head(cell_z).view(B, h, w, NUM_CLASSES)))
+        return StudentOutput(steps[-1], cell_z.float().mean(1), steps)
+
+
+class FeaturesStudent(torch.nn.Module):
+    """The original plan's student: teacher token features (B, N, D) with mask -> projection
+    to the model width -> learned positions -> the same encoder -> masked mean pool -> a 3-layer
+    decoder to 30x30x11 logits. Needs the teacher at inference."""
+
+    def __init__(self, cfg: StudentConfig, teacher_dim: int, max_tokens: int):
+        super().__init__()
+        self.cfg = cfg
+        w, hid = cfg.width, cfg.decoder_hidden
+        self.project = torch.nn.Linear(teacher_dim, w)
+        self.pos = torch.nn.Parameter(torch.zeros(max_tokens, w))
+        torch.nn.init.normal_(self.pos, std=0.02)
+        self.encoder = Encoder(w, cfg.depth, cfg.heads)
+        self.norm = RMSNorm(w)
+        self.decoder = torch.nn.Sequential(
+            torch.nn.Linear(w, hid), torch.nn.GELU(), torch.nn.Linear(hid, hid), torch.nn.GELU(),
+            torch.nn.Linear(hid, MAX_GRID * MAX_GRID * NUM_CLASSES))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> StudentOutput:
+        """tokens (B, N, D) teacher features; mask (B, N) True for real tokens."""
+        B, N, _ = tokens.shape
+        if N > self.pos.shape[0]:
+            raise ValueError(f"{N} tokens, but the student was built for at most {self.pos.shape[0]}")
+        x = self.project(tokens.to(self.project.weight.dtype)) + self.pos[:N]
+        z = self.norm(self.encoder(x, mask))
+        pooled = masked_mean(z, mask)
+        logits = self.decoder(pooled.to(z.dtype)).view(B, MAX_GRID, MAX_GRID, NUM_CLASSES)
+        return StudentOutput(logits, pooled, [logits])
+
+
+def build_student(cfg: StudentConfig, n_task_ids: int = 1, teacher_dim: int = 2048,
+                  max_tokens: int = 5200) -> torch.nn.Module:
+    """A student by cfg.student; n_task_ids counts augmented task ids (grid student)."""
+    if cfg.student == "grid":
+        return GridStudent(cfg, n_task_ids)
+    if cfg.student == "features":
+        return FeaturesStudent(cfg, teacher_dim, max_tokens)
+    raise ValueError(f"unknown student {cfg.student!r}; use 'grid' or 'features'")
+
+
+def parameter_table(model: torch.nn.Module) -> dict[str, int]:
+    """Parameters per top-level component, plus the total."""
+    rows = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    rows.update({name: p.numel() for name, p in model.named_parameters(recurse=False)})
+    rows["total"] = sum(p.numel() for p in model.parameters())
+    return rows
+
+
+# The original plan's parameter budget for its student, for the side-by-side table.
+SEED_PARAMETERS = {"projection": 1.0e6, "positions": 3.0e6, "encoder": 24.0e6, "decoder": 20.5e6,
+                   "total": 48.5e6}
+
+
+# =====================================================================================
+# 8. Losses — task cross-entropy + feature distillation (+ optional per-cell logit KD)
+# =====================================================================================
+
+@dataclass
+class LossConfig:
+    """total = w_task*CE + w_feat*(MSE + 0.5*(1 - cos)) + w_kd*KL, the seed's weights by default."""
+    w_task: float = 1.0            # cross-entropy over cells
+    w_feat: float = 0.5            # feature distillation through the learnable projection
+    w_kd: float = 0.0              # per-cell logit distillation, where the teacher has logits
+    kd_temperature: float = 2.0    # temperature of the logit distillation
+    ignore_outside: bool = False   # drop cells whose target is outside the grid from the CE
+
+
+class DistillLoss(torch.nn.Module):
+    """The training objective. Owns the learnable projection P (student width -> teacher width),
+    so P trains with the student. Returns a dict of named parts; 'total' is what to backprop."""
+
+    def __init__(self, cfg: LossConfig, student_width: int, teacher_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.project = torch.nn.Linear(student_width, teacher_dim)
+
+    def forward(self, out: StudentOutput, target: torch.Tensor,
+                teacher_pooled: torch.Tensor | None = None, teacher_mask: torch.Tensor | None = None,
+                teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """target (B, 30, 30) classes; teacher_pooled (B, D); teacher_mask (B,) True where the
+        example has a teacher target; teacher_logits (B, 30, 30, 11)."""
+        c = self.cfg
+        cell_mask = (target != OUTSIDE) if c.ignore_outside else torch.ones_like(target, dtype=torch.bool)
+        # Deep supervision: the mean CE over refinement steps (one step: plain CE).
+        task = torch.stack([_masked_ce(step, target, cell_mask) for step in out.steps]).mean()
+        parts = {"task": task}
+        total = c.w_task * task
+        if teacher_pooled is not None and c.w_feat:
+            p = self.project(out.pooled.float())
+            t = teacher_pooled.float()
+            keep = torch.ones(len(t), dtype=torch.bool, device=t.device) if teacher_mask is None else teacher_mask
+            w = keep.float() / keep.float().sum().clamp_min(1)                 # mean over kept rows
+            mse = (((p - t) ** 2).mean(-1) * w).sum()
+            cos = ((1 - F.cosine_similarity(p, t, dim=-1)) * w).sum()
+            parts.update(feat_mse=mse, feat_cos=cos, feat=mse + 0.5 * cos)
+            total = total + c.w_feat * parts["feat"]
+        if teacher_logits is not None and c.w_kd:
+            T = c.kd_temperature
+            kl = F.kl_div(F.log_softmax(out.logits.float() / T, -1),
+                          F.log_softmax(teacher_logits.float() / T, -1), log_target=True,
+                          reduction="none").sum(-1)                          # (B, 30, 30)
+            parts["kd"] = (kl * cell_mask).sum() / cell_mask.sum().clamp_min(1) * T * T
+            total = total + c.w_kd * parts["kd"]
+        parts["total"] = total
+        return parts
+
+
+def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    ce = F.cross_entropy(logits.float().flatten(0, 2), target.flatten(), reduction="none")
+    m = mask.flatten().float()
+    return (ce * m).sum() / m.sum().clamp_min(1)
+
+
+# =====================================================================================
+# 9. Evaluation and scoring — per-pixel accuracy, exact grids, tasks solved
 # =====================================================================================
 
 def _sync(device: str) -> None:
@@ -1230,7 +1478,7 @@ def copy_baseline(split: Split, part: str = "test") -> dict[str, float]:
 
 
 # =====================================================================================
-# 8. Configuration and runs — one dataclass per component, profiles, run folders
+# 10. Configuration and runs — one dataclass per component, profiles, run folders
 # =====================================================================================
 
 @dataclass
@@ -1247,7 +1495,7 @@ class RunConfig:
 
 
 CONFIG_CLASSES = {"run": RunConfig, "data": DataConfig, "teacher": TeacherConfig,
-                  "store": StoreConfig}
+                  "store": StoreConfig, "student": StudentConfig, "loss": LossConfig}
 
 # Each profile lists only what it changes from the dataclass defaults.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -1457,7 +1705,7 @@ def open_run(step: str, profile: str = "default", **params: Any) -> Run:
 
 
 # =====================================================================================
-# 9. Pipeline runner and CLI — the numbered notebooks through papermill, one run folder
+# 11. Pipeline runner and CLI — the numbered notebooks through papermill, one run folder
 # =====================================================================================
 
 NOTEBOOK_DIR = ROOT / "notebooks"
