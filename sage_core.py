@@ -22,6 +22,7 @@ import dataclasses
 import datetime as _dt
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import re
@@ -56,9 +57,10 @@ __all__ = [
     "StoreConfig", "StoreMismatch", "build_feature_store", "FeatureStore",
     # 7. Students
     "StudentConfig", "StudentOutput", "GridStudent", "FeaturesStudent", "build_student",
-    "canvas_side", "pad_to_full", "parameter_table", "SEED_PARAMETERS",
+    "canvas_side", "pad_to_full", "parameter_table", "SEED_PARAMETERS", "student_inputs",
+    "inference_fn", "plot_data_flow",
     # 8. Losses
-    "LossConfig", "DistillLoss",
+    "LossConfig", "DistillLoss", "loss_checks", "loss_sweep", "plot_loss_sweep",
     # 9. Evaluation and scoring
     "measure_speed", "score_predictions", "copy_baseline",
     # 10. Configuration and runs
@@ -137,6 +139,7 @@ class DataConfig:
     split: str = "protocol"               # protocol | task_holdout
     holdout_fraction: float = 0.1         # task_holdout only
     max_tasks: int = 0                    # first N tasks of each set, 0 means all
+    augmentations: int = 8                # augmented versions per task, each its own task id
     on_error: str = "raise"               # raise | skip: what a bad task file does
     gallery_tasks: int = 3                # tasks drawn in galleries
 
@@ -1342,6 +1345,55 @@ def parameter_table(model: torch.nn.Module) -> dict[str, int]:
     return rows
 
 
+def student_inputs(model: torch.nn.Module, batch: int, device: str, side: int = MAX_GRID,
+                   n_tokens: int = 0, generator: torch.Generator | None = None) -> tuple:
+    """Random inputs of the right form for a student: (cells, task ids) for the grid student
+    on a side x side canvas, (tokens, mask) of n_tokens for the features student."""
+    if isinstance(model, GridStudent):
+        cells = torch.randint(0, NUM_CLASSES, (batch, side, side), generator=generator).to(device)
+        return cells, torch.zeros(batch, dtype=torch.long, device=device)
+    dim = model.project.in_features
+    tokens = torch.randn(batch, n_tokens, dim, generator=generator).to(device)
+    return tokens, torch.ones(batch, n_tokens, dtype=torch.bool, device=device)
+
+
+def inference_fn(model: torch.nn.Module, device: str):
+    """forward(*inputs) under inference mode, with bf16 autocast on CUDA."""
+    def run(*inputs):
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
+            return model(*inputs)
+    return run
+
+
+def plot_data_flow():
+    """Boxes-and-arrows drawing of both students and where the loss attaches. -> Figure"""
+    import matplotlib.pyplot as plt
+    rows = {
+        "grid student (default)": ["query grid\non its canvas\n(s x s cells)", "colour + row + col\nembeddings\n+ task tokens",
+                                   "encoder x K\n(SDPA, RMSNorm,\nSwiGLU)", "per-cell head", "30x30x11 logits\n(10 = outside)"],
+        "features student (seed)": ["teacher tokens\n(N x 2048)", "projection\n2048 -> 512\n+ positions",
+                                    "encoder\n(same blocks)", "masked mean pool\n-> 3-layer decoder", "30x30x11 logits"],
+    }
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    for r, (title, boxes) in enumerate(rows.items()):
+        y = 2.6 - 2.0 * r
+        ax.text(-0.2, y + 0.75, title, fontsize=9, weight="bold")
+        for i, label in enumerate(boxes):
+            x = 2.2 * i
+            ax.add_patch(plt.Rectangle((x, y - 0.45), 1.8, 0.9, fc="#E8F1FB", ec="#0074D9"))
+            ax.text(x + 0.9, y, label, ha="center", va="center", fontsize=7)
+            if i:
+                ax.annotate("", (x, y), (x - 0.4, y), arrowprops=dict(arrowstyle="->"))
+        ax.annotate("pooled hidden -> projection P -> MSE + 0.5(1 - cos) vs teacher's pooled features",
+                    (5.3, y - 0.45), (5.3, y - 0.85), fontsize=7, color="#B10DC9", ha="center",
+                    arrowprops=dict(arrowstyle="<-", color="#B10DC9"))
+    ax.set_xlim(-0.3, 11)
+    ax.set_ylim(-0.6, 3.6)
+    ax.axis("off")
+    ax.set_title("SAGE students: data flow and where the distillation loss attaches", fontsize=9)
+    return fig
+
+
 # The original plan's parameter budget for its student, for the side-by-side table.
 SEED_PARAMETERS = {"projection": 1.0e6, "positions": 3.0e6, "encoder": 24.0e6, "decoder": 20.5e6,
                    "total": 48.5e6}
@@ -1405,6 +1457,111 @@ def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
     ce = F.cross_entropy(logits.float().flatten(0, 2), target.flatten(), reduction="none")
     m = mask.flatten().float()
     return (ce * m).sum() / m.sum().clamp_min(1)
+
+def loss_checks(seed: int = 0) -> list[dict[str, Any]]:
+    """The loss's checks as rows (check, expected, got, pass) for notebook 04: known values on
+    hand-made tensors, gradients, masks, and bf16 against fp32."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+
+    def row(check, expected, got, ok):
+        rows.append({"check": check, "expected": expected, "got": got, "pass": bool(ok)})
+
+    loss = DistillLoss(LossConfig(), 2, 2)
+    with torch.no_grad():
+        loss.project.weight.copy_(torch.eye(2))
+        loss.project.bias.zero_()
+    zero = torch.zeros(1, MAX_GRID, MAX_GRID, NUM_CLASSES)
+    out = StudentOutput(zero, torch.tensor([[3.0, 4.0]]), [zero])
+    parts = loss(out, torch.zeros(1, MAX_GRID, MAX_GRID, dtype=torch.long), torch.tensor([[3.0, 4.0]]))
+    row("CE of uniform logits = ln 11", math.log(11), parts["task"].item(),
+        abs(parts["task"].item() - math.log(11)) < 1e-5)
+    row("feature parts vanish when P(s) = t", 0.0, parts["feat"].item(), abs(parts["feat"].item()) < 1e-6)
+    p2 = loss(out, torch.zeros(1, MAX_GRID, MAX_GRID, dtype=torch.long), torch.tensor([[-4.0, 3.0]]))
+    want = ((7 ** 2 + 1) / 2) + 0.5 * 1.0           # MSE of (3,4) vs (-4,3); cos = 0
+    row("MSE + 0.5(1-cos) on orthogonal hand-made vectors", want, p2["feat"].item(),
+        abs(p2["feat"].item() - want) < 1e-4)
+    row("total = 1.0 CE + 0.5 feat", math.log(11) + 0.5 * want, p2["total"].item(),
+        abs(p2["total"].item() - math.log(11) - 0.5 * want) < 1e-4)
+
+    torch.manual_seed(seed)
+    cfg = StudentConfig(width=32, depth=2, heads=4, task_tokens=2, refine_steps=2)
+    model, loss = GridStudent(cfg, 4), DistillLoss(LossConfig(w_kd=0.5), 32, 16)
+    cells = torch.randint(0, NUM_CLASSES, (2, 10, 10), generator=g)
+    target = torch.randint(0, NUM_CLASSES, (2, MAX_GRID, MAX_GRID), generator=g)
+    teacher, t_logits = torch.randn(2, 16, generator=g), torch.randn(2, 30, 30, 11, generator=g)
+    loss(model(cells, torch.tensor([0, 1])), target, teacher, None, t_logits)["total"].backward()
+    params = [(n, p) for n, p in list(model.named_parameters()) + list(loss.named_parameters())]
+    reached = sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for _, p in params)
+    row("every trainable parameter gets a gradient (student + projection)", len(params), reached,
+        reached == len(params))
+
+    masked = DistillLoss(LossConfig(ignore_outside=True), 32, 16)
+    with torch.no_grad():
+        out = model(cells, torch.tensor([0, 1]))
+        outside = target == OUTSIDE
+        noisy = out.logits.clone()
+        noisy[outside] = torch.randn(int(outside.sum()), NUM_CLASSES, generator=g) * 10
+        a = masked(out, target)["task"].item()
+        b = masked(StudentOutput(noisy, out.pooled, [noisy]), target)["task"].item()
+    row("ignore_outside: outside-target cells do not change the CE", a, b, abs(a - b) < 1e-5 * abs(a))
+    keep = torch.tensor([True, False])
+    with torch.no_grad():
+        moved = teacher.clone()
+        moved[1] += 100
+        a = loss(out, target, teacher, keep)["feat"].item()
+        b = loss(out, target, moved, keep)["feat"].item()
+    row("teacher_mask: a row without a target does not change the feature loss", a, b, abs(a - b) < 1e-6)
+    with torch.no_grad():
+        fp32 = loss(model(cells, torch.tensor([0, 1])), target, teacher)["total"].item()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = loss(model(cells, torch.tensor([0, 1])), target, teacher)["total"].item()
+    row("bf16 autocast total within 3% of fp32", fp32, bf16, abs(bf16 - fp32) <= 0.03 * abs(fp32))
+    return rows
+
+
+def loss_sweep(steps: int = 21, seed: int = 0) -> dict[str, np.ndarray]:
+    """Each loss part against a controlled perturbation of size eps in [0, 1]: logits blended
+    from a perfect prediction towards noise (CE, KD), and the projected student vector moved
+    from the teacher's towards an orthogonal one (MSE, 1 - cos)."""
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, NUM_CLASSES, (4, MAX_GRID, MAX_GRID), generator=g)
+    perfect = F.one_hot(target, NUM_CLASSES).float() * 8
+    noise = torch.randn(4, MAX_GRID, MAX_GRID, NUM_CLASSES, generator=g) * 8
+    t = torch.randn(4, 64, generator=g)
+    ortho = torch.randn(4, 64, generator=g)
+    ortho -= (ortho * t).sum(-1, keepdim=True) / (t * t).sum(-1, keepdim=True) * t
+    ortho *= t.norm(dim=-1, keepdim=True) / ortho.norm(dim=-1, keepdim=True)
+    loss = DistillLoss(LossConfig(w_kd=1.0), 64, 64)
+    with torch.no_grad():
+        loss.project.weight.copy_(torch.eye(64))
+        loss.project.bias.zero_()
+    eps = np.linspace(0, 1, steps)
+    parts: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for e in eps:
+            logits = (1 - e) * perfect + e * noise
+            pooled = math.cos(e * math.pi / 2) * t + math.sin(e * math.pi / 2) * ortho
+            out = loss(StudentOutput(logits, pooled, [logits]), target, t, None, perfect)
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v.item())
+    return {"eps": eps, **{k: np.array(v) for k, v in parts.items()}}
+
+
+def plot_loss_sweep(sweep: dict[str, np.ndarray]):
+    """One panel per loss part against the perturbation size. -> Figure"""
+    import matplotlib.pyplot as plt
+    keys = ["task", "kd", "feat_mse", "feat_cos", "feat", "total"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.4 * len(keys), 2.6))
+    for ax, key in zip(axes, keys):
+        ax.plot(sweep["eps"], sweep[key], color="#0074D9")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("perturbation eps", fontsize=8)
+    fig.suptitle("Loss parts against controlled perturbations (eps 0: student = target; "
+                 "logits blended to noise, projected vector rotated 90 deg at eps 1)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
 
 
 # =====================================================================================
@@ -1499,7 +1656,8 @@ CONFIG_CLASSES = {"run": RunConfig, "data": DataConfig, "teacher": TeacherConfig
 
 # Each profile lists only what it changes from the dataclass defaults.
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {"max_tasks": 12, "epochs": 1, "batch_size": 8, "publish_figures": False},
+    "smoke": {"max_tasks": 12, "epochs": 1, "batch_size": 8, "publish_figures": False,
+              "width": 64, "depth": 2, "heads": 4, "decoder_hidden": 128, "augmentations": 2},
     "default": {},
     "full": {},
 }
@@ -1791,7 +1949,7 @@ def _timed(fn, repeat: int) -> float:
     return best
 
 
-def bench_data() -> dict[str, float]:
+def bench_data(device: str = "auto") -> dict[str, float]:
     """Data-side speed: loading and validating ARC-AGI-1, augmenting and rendering grids."""
     t0 = time.perf_counter()
     training = load_arc("arc1/training")
@@ -1807,7 +1965,82 @@ def bench_data() -> dict[str, float]:
     }
 
 
-BENCHMARKS = {"data": bench_data}
+def _bench_split(max_tasks: int) -> Split:
+    return make_split(load_arc("arc1/training").subset(max_tasks), load_arc("arc1/evaluation").subset(1))
+
+
+def bench_teacher(device: str = "auto") -> dict[str, Any]:
+    """The stand-in teacher (full preset on CUDA, tiny on the CPU) at the seed's input shape:
+    speed, memory, and the feature-store build's end-to-end rate against its model-only rate."""
+    import tempfile
+    device = resolve_device(device)
+    teacher = StandinTeacher("auto", device)
+    split = _bench_split(60 if device.startswith("cuda") else 4)
+    batch = 16 if device.startswith("cuda") else 4
+    obs = {b: make_observations(split.tasks, split.train[:b]) for b in (1, batch)}
+    speed = measure_speed(lambda b: teacher.extract(obs[b]), list(obs), device)
+    with tempfile.TemporaryDirectory() as tmp:
+        m = build_feature_store(teacher, split, tmp, batch, progress=False)
+    return {"teacher": teacher_label(teacher.describe()), "parameters": teacher.n_params,
+            "tokens_per_observation": int(teacher.extract(obs[1]).mask.sum()),
+            "speed": speed, "build_examples": m["examples"],
+            "build_examples_per_s": 1 / m["seconds_per_example"],
+            "build_model_examples_per_s": 1 / m["model_seconds_per_example"],
+            "build_share_of_model_rate": m["model_seconds_per_example"] / m["seconds_per_example"],
+            "store_bytes_per_example": m["bytes_per_example"]}
+
+
+def bench_students(device: str = "auto") -> dict[str, Any]:
+    """Seed-size students in bf16 (fp32 on the CPU): ms per example at batch 1, eager and (on
+    CUDA) compiled with CUDA graphs; examples/s at the best of several batches; peak memory."""
+    device = resolve_device(device)
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    out: dict[str, Any] = {}
+    cases = [("grid", 30), ("grid", 15), ("features", 0)]
+    for kind, side in cases:
+        cfg = StudentConfig(student=kind)
+        # One observation of the full stand-in: 2 frames x 10 tiles x 256 tokens + 49 of text;
+        # on the CPU the tiny teacher's 369 keep the run short.
+        n_tokens = 2 * EAGLE_TILES * 256 + 49 if cuda else 369
+        torch.manual_seed(0)
+        model = build_student(cfg, n_task_ids=6400, max_tokens=n_tokens).to(device, dtype).eval()
+        name = f"{kind}_{side}x{side}" if kind == "grid" else f"features_{n_tokens}tok"
+        fwd = torch.inference_mode()(model.forward)
+        variants = {"eager": fwd}
+        if cuda:
+            variants["cudagraphs"] = torch.compile(fwd, mode="reduce-overhead", dynamic=False)
+        batches = ((1, 64, 256, 1024) if kind == "grid" else (1, 16, 64)) if cuda else (1, 4)
+        row: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters())}
+        for vname, fn in variants.items():
+            inputs = {b: tuple(x.to(dtype) if x.is_floating_point() else x for x in
+                               student_inputs(model, b, device, side or MAX_GRID, n_tokens))
+                      for b in (batches if vname == "eager" else (1,))}
+            rows = measure_speed(lambda b: fn(*inputs[b]), list(inputs), device,
+                                 repeats=5 if cuda else 2, warmup=3 if cuda else 1)
+            row[f"{vname}_ms_batch1"] = rows[0]["ms_per_example"]
+            row[f"{vname}_peak_mib_batch1"] = rows[0]["peak_mib"]
+            if vname == "eager":
+                best = max(rows, key=lambda r: r["examples_per_s"])
+                row.update(best_batch=best["batch"], best_examples_per_s=best["examples_per_s"],
+                           peak_mib_best_batch=best["peak_mib"])
+        out[name] = row
+        del model
+        if cuda:
+            torch.cuda.empty_cache()
+    return out
+
+
+BENCHMARKS = {"data": bench_data, "teacher": bench_teacher, "students": bench_students}
+
+
+def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts and lists as (dotted key, leaf) pairs, for printing."""
+    if isinstance(obj, dict):
+        return [kv for k, v in obj.items() for kv in _flatten(v, f"{prefix}{k}.")]
+    if isinstance(obj, list):
+        return [kv for i, v in enumerate(obj) for kv in _flatten(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), obj)]
 
 
 def run_bench(device: str = "auto", names: Sequence[str] = tuple(BENCHMARKS),
@@ -1816,9 +2049,10 @@ def run_bench(device: str = "auto", names: Sequence[str] = tuple(BENCHMARKS),
     env = environment_record(device)
     results = {"date": _now(), **env, "results": {}}
     for name in names:
-        results["results"][name] = figures = BENCHMARKS[name]()
-        for key, value in figures.items():
-            print(f"{name:>8}  {key:<40} {value}", flush=True)
+        results["results"][name] = figures = BENCHMARKS[name](device)
+        for key, value in _flatten(figures):
+            print(f"{name:>8}  {key:<48} {value:.4g}" if isinstance(value, float)
+                  else f"{name:>8}  {key:<48} {value}", flush=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
