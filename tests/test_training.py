@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import torch
+
+import sage_core as sc
+
+
+@pytest.fixture(scope="module")
+def split():
+    cfg = sc.build_config("smoke")
+    return sc.make_split(*sc.load_split_data(cfg["data"]))
+
+
+def config(**kw):
+    base = dict(device="cpu", epochs=3, log_every=4, w_feat=0.0, seconds_budget=0.0, augmentations=2)
+    return sc.build_config("smoke", **{**base, **kw})
+
+
+def weights(run_dir, name="last.pt"):
+    return sc.load_checkpoint(run_dir / "checkpoints" / name)["model"]
+
+
+def test_resume_continues_bit_exactly(split, tmp_path):
+    n = 7   # mid-epoch on purpose
+    sc.train(config(max_steps=2 * n), split, tmp_path / "straight", progress=False)
+    sc.train(config(max_steps=n), split, tmp_path / "resumed", progress=False)
+    assert sc.load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["state"]["step"] == n
+    sc.train(config(max_steps=2 * n, resume=True), split, tmp_path / "resumed", progress=False)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_run_folder_has_checkpoints_metrics_and_tensorboard(split, tmp_path):
+    out = sc.train(config(), split, tmp_path, progress=False)
+    assert out["epochs"] == 3 and out["stop"] == "epochs"
+    for name in ("best.pt", "last.pt", "best.safetensors"):
+        assert (tmp_path / "checkpoints" / name).exists()
+    ck = sc.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert set(ck) == {"model", "loss", "optimizer", "state", "rng", "meta"}
+    assert ck["meta"]["config"]["train"]["lr"] == 3e-4 and len(ck["meta"]["version_ids"]) == out["task_ids"]
+    records = sc.read_metrics(tmp_path)
+    assert len(records["val"]) == 3
+    assert {"total", "task", "cell_acc", "lr", "grad_norm", "examples_per_s"} <= set(records["train"][0])
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    from safetensors.torch import load_file
+    assert load_file(str(tmp_path / "checkpoints" / "best.safetensors")).keys() == ck["model"].keys()
+
+
+def test_epoch_batches_cover_each_example_once_with_one_canvas_per_batch(split):
+    versions = sc.task_versions(split.tasks, 3, seed=0)
+    bank = sc.make_bank(split, "train", versions, 5, "cpu")
+    batches = sc.epoch_batches(bank, 8 * 904, 4, seed=0, epoch=1)
+    rows = torch.cat(batches)
+    assert sorted((rows // 3).tolist()) == list(range(len(bank.examples)))
+    assert all(len(set(bank.side[b].tolist())) == 1 for b in batches)
+    again = sc.epoch_batches(bank, 8 * 904, 4, seed=0, epoch=1)
+    assert all(torch.equal(x, y) for x, y in zip(batches, again))
+    assert not torch.equal(rows, torch.cat(sc.epoch_batches(bank, 8 * 904, 4, seed=0, epoch=2)))
+    # the versions are real: inverting the augmentation gives back the original pair
+    r = int(rows[0])
+    ex, aug = bank.examples[r // 3], versions[bank.examples[r // 3].task_id][r % 3]
+    side = sc.grid_shape(bank.target[r].numpy())
+    restored = aug.invert(bank.target[r].numpy()[: side[0], : side[1]])
+    assert (restored == split.pair(ex).output).all()
+
+
+class MadeUpStore:
+    """Teacher targets of width 8: random, or NaN to poison the feature loss."""
+    manifest = {"teacher": "made-up"}
+
+    def __init__(self, value=None):
+        self.value = value
+
+    def load(self, examples, key="pooled"):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(len(examples), 8, generator=g)
+        return x if self.value is None else torch.full_like(x, self.value)
+
+
+def test_nan_stops_with_step_and_part_and_keeps_the_last_good_checkpoint(split, tmp_path):
+    sc.train(config(max_steps=4, w_feat=0.5), split, tmp_path, store=MadeUpStore(), progress=False)
+    good = weights(tmp_path)
+    with pytest.raises(sc.TrainingDiverged, match=r"loss part 'feat_mse' became nan at step 4"):
+        sc.train(config(max_steps=8, resume=True, w_feat=0.5), split, tmp_path,
+                 store=MadeUpStore(float("nan")), progress=False)
+    after = weights(tmp_path)
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_interrupt_leaves_a_loadable_checkpoint(split, tmp_path, monkeypatch):
+    real = sc.lr_at
+
+    def interrupt_at_5(step, total, cfg):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real(step, total, cfg)
+    monkeypatch.setattr(sc, "lr_at", interrupt_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        sc.train(config(), split, tmp_path, progress=False)
+    assert sc.load_checkpoint(tmp_path / "checkpoints" / "last.pt")["state"]["step"] == 5
+
+
+def test_teacher_terms_without_a_store_are_refused_before_training(split, tmp_path):
+    with pytest.raises(sc.StoreMismatch, match="no feature store"):
+        sc.train(config(w_feat=0.5), split, tmp_path, progress=False)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_learning_rate_warms_up_then_decays():
+    cfg = sc.TrainConfig(warmup_fraction=0.1)
+    lrs = [sc.lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[0] < lrs[9] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=0.01)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
