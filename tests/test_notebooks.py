@@ -65,3 +65,45 @@ def test_smoke_arc_data_step(smoke_run):
         assert 0 < scores["pixel"] < 1 and scores["exact"] == 0
     figures = {p.name for p in (smoke_run / "figures").glob("00_*.png")}
     assert {"00_grid_sizes.png", "00_teacher_frames.png", "00_augmentations.png"} <= figures
+
+
+def read_step(run_dir, step):
+    return json.loads((run_dir / "steps" / f"{step}.json").read_text())
+
+
+def test_smoke_groot_integration_step(smoke_run):
+    s = read_step(smoke_run, "01_groot_integration")
+    assert s["teacher"]["teacher"] == "standin" and s["teacher"]["pretrained"] is False
+    assert "carry no knowledge" in s["label"]
+    assert s["tokens_per_observation"] == s["features_shape"][1] > 2 * 10 * 16
+    assert all(r["ms_per_example"] > 0 for r in s["speed"])
+    assert "groot:" in s["groot"]
+    assert (smoke_run / "figures" / "01_observation.png").exists()
+
+
+def test_smoke_dataset_build_step(smoke_run):
+    s = read_step(smoke_run, "02_dataset_build")
+    split = read_step(smoke_run, "00_arc_data")["split"]
+    m = s["manifest"]
+    assert m["examples"] == split["train"] + split["val"] + split["test"]
+    assert 0 < m["bytes_per_example"] < 64 * 1024
+    assert s["examples_per_s"] > 0 and math.isfinite(s["model_examples_per_s"])
+    assert (smoke_run / "feature_store" / "manifest.json").exists()
+
+
+def test_smoke_architecture_and_loss_steps(smoke_run):
+    arch = read_step(smoke_run, "03_architecture")
+    assert {"grid", "features"} == set(arch["parameters"])
+    assert all(r["logits"] == "(2, 30, 30, 11)" for r in arch["shapes"])
+    loss = read_step(smoke_run, "04_loss_tests")
+    assert loss["all_pass"] and len(loss["checks"]) >= 8
+
+
+def test_smoke_training_step(smoke_run):
+    s = read_step(smoke_run, "05_training")
+    assert s["steps"] > 0 and s["stop"] in ("epochs", "seconds_budget", "early_stopping")
+    assert 0 <= s["best_val_exact"] <= 1
+    assert (smoke_run / "checkpoints" / "best.pt").exists()
+    assert (smoke_run / "figures" / "05_learning_curves.png").exists()
+    records = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["total"]) for r in records if r["kind"] == "train")
