@@ -1374,6 +1374,7 @@ class FeatureStore:
 
     def load(self, examples: Sequence[Example], key: str = "pooled") -> torch.Tensor:
         """Stacked targets of `examples` in their order, e.g. pooled -> (n, D)."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
         shards: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}
         rows = []
@@ -1382,7 +1383,6 @@ class FeatureStore:
                 path = _shard_path(self.dir, ex.task_id)
                 if not path.exists():
                     raise StoreMismatch(f"{self.dir} has no shard for task {ex.task_id}")
-                from safetensors import safe_open
                 with safe_open(str(path), "pt") as f:
                     keys = json.loads(f.metadata()["examples"])
                 shards[ex.task_id] = (load_file(str(path)), {tuple(k): i for i, k in enumerate(keys)})

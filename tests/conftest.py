@@ -22,6 +22,12 @@ def arc1_evaluation():
 
 
 @pytest.fixture(scope="session")
+def tiny():
+    """The tiny stand-in teacher on the CPU (seeded: every instance has the same weights)."""
+    return sc.load_teacher("standin", "cpu", preset="tiny")
+
+
+@pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """The whole notebook chain on the smoke profile, through the CLI, in a temporary runs folder
     (never the real runs/). Returns the run folder."""

@@ -1,15 +1,8 @@
-import json
-import os
 
 import pytest
 import torch
 
 import sage_core as sc
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return sc.load_teacher("standin", "cpu", preset="tiny")
 
 
 @pytest.fixture(scope="module")
