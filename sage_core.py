@@ -2072,6 +2072,9 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
             "canvas": {t: canvas_side(task, sc_.canvas_bucket) for t, task in split.tasks.items()},
             "teacher": store.manifest.get("teacher") if store else None}
     last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if last.exists() and not tc.resume:
+        raise FileExistsError(f"{last} exists: set resume=True to continue that run, or train "
+                              "into another run folder (nothing was overwritten)")
     if tc.resume and last.exists():
         ck = load_checkpoint(last, device)
         model.load_state_dict(ck["model"])

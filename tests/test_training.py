@@ -144,3 +144,11 @@ def test_a_trained_student_teaches_a_smaller_one(split, tmp_path):
         p.numel() for p in teacher.model.parameters())
     with pytest.raises(FileNotFoundError, match="train one"):
         sc.load_teacher("sage", "cpu", path=str(tmp_path / "nothing.pt"))
+
+
+def test_a_second_fresh_run_into_the_same_folder_is_refused(split, tmp_path):
+    sc.train(config(max_steps=2), split, tmp_path, progress=False)
+    before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="resume=True"):
+        sc.train(config(max_steps=2), split, tmp_path, progress=False)
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before
