@@ -2755,7 +2755,26 @@ def bench_students(device: str = "auto") -> dict[str, Any]:
     return out
 
 
-BENCHMARKS = {"data": bench_data, "teacher": bench_teacher, "students": bench_students}
+def bench_train(device: str = "auto") -> dict[str, Any]:
+    """Training throughput of the grid student on the ARC-AGI-1 protocol split: seed size and
+    batch 256 on CUDA (encoder blocks compiled), the cpu profile's small student on the CPU."""
+    import tempfile
+    device = resolve_device(device)
+    cuda = device.startswith("cuda")
+    overrides = dict(device=device, w_feat=0.0, seconds_budget=0.0, patience=10**6,
+                     max_steps=300 if cuda else 20, log_every=100 if cuda else 10, epochs=100)
+    cfg = build_config("default" if cuda else "cpu", **overrides, **({"batch_size": 256} if cuda else {}))
+    split = make_split(*load_split_data(cfg["data"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(cfg, split, tmp, progress=False)
+        logs = read_metrics(tmp)["train"][1:] or read_metrics(tmp)["train"]   # skip compile warm-up
+    return {"parameters": result["parameters"], "batch_size": cfg["run"].batch_size,
+            "examples_per_s": float(np.mean([r["examples_per_s"] for r in logs])),
+            "mfu": float(np.mean([r["mfu"] for r in logs])) if cuda and logs[0]["mfu"] else None}
+
+
+BENCHMARKS = {"data": bench_data, "teacher": bench_teacher, "students": bench_students,
+              "train": bench_train}
 
 
 def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
