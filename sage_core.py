@@ -1232,12 +1232,12 @@ def _shard_path(store: Path, task_id: str) -> Path:
 
 def _shard_ok(path: Path, examples: list[Example], config_hash: str, dim: int) -> bool:
     """A finished shard: readable, from this identity, holding exactly these examples."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             shape = f.get_slice("pooled").get_shape()
-    except Exception:   # a truncated or foreign file is simply rebuilt  # noqa: BLE001
+    except (OSError, KeyError, SafetensorError):   # missing, truncated or foreign: rebuilt
         return False
     keys = [[e.kind, e.index] for e in examples]
     return (meta.get("config_hash") == config_hash and json.loads(meta.get("examples", "[]")) == keys
