@@ -1105,7 +1105,9 @@ class GrootTeacher(Teacher):
         self.device = resolve_device(device)
         self.path = str(Path(path).resolve())
         states = np.zeros((2, STATE_DIM), np.float32) if states is None else states
-        work = Path(work_dir) if work_dir else Path(self.path).parent / "sage_groot_checkpoint"
+        # The copy lives in the project's (git-ignored) runs/ folder: the checkpoint's own folder
+        # may be read-only and is never written to.
+        work = Path(work_dir) if work_dir else ROOT / "runs" / f"groot_checkpoint_{Path(self.path).name}"
         checkpoint = prepare_groot_checkpoint(self.path, work, groot_metadata(states))
         # T=2 frames (delta -1 and 0: the query, then the demonstration), one camera; the action
         # needs 16 steps or newer N1.5 code rebuilds the action head.
