@@ -70,7 +70,8 @@ __all__ = [
     "make_bank", "epoch_batches", "lr_at", "train", "validate", "grid_scores", "save_checkpoint",
     "load_checkpoint", "read_metrics", "plot_learning_curves", "SageTeacher",
     # 10. Evaluation and scoring
-    "measure_speed", "score_predictions", "copy_baseline",
+    "measure_speed", "score_predictions", "copy_baseline", "vote", "voted_predictions",
+    "score_voted", "submission",
     # 11. Configuration and runs
     "RunConfig", "DataConfig", "PROFILES", "CONFIG_CLASSES", "build_config", "resolve_profile",
     "config_params", "parse_overrides",
@@ -2368,6 +2369,61 @@ def copy_baseline(split: Split, part: str = "test") -> dict[str, float]:
     pairs = [split.pair(ex) for ex in examples]
     return score_predictions([p.input for p in pairs], [p.output for p in pairs],
                              [ex.task_id for ex in examples])
+
+
+def vote(candidates: Sequence[np.ndarray], attempts: int = 2) -> tuple[list[np.ndarray], list[int]]:
+    """The `attempts` most frequent grids among candidates (one per augmented version, already
+    mapped back), with their vote counts. Ties keep the order in which grids first appeared,
+    so the identity version (first) wins a tie."""
+    counts: dict[bytes, int] = {}
+    grids: dict[bytes, np.ndarray] = {}
+    for g in candidates:
+        key = bytes(g.shape) + np.ascontiguousarray(g, dtype=np.uint8).tobytes()
+        counts[key] = counts.get(key, 0) + 1
+        grids.setdefault(key, g)
+    ranked = sorted(counts, key=lambda k: -counts[k])      # stable: first seen wins ties
+    return [grids[k] for k in ranked[:attempts]], [counts[k] for k in ranked[:attempts]]
+
+
+def voted_predictions(split: Split, part: str, cells_by_row: np.ndarray, bank_examples: list[Example],
+                      versions: dict[str, list[Augmentation]]) -> list[dict[str, Any]]:
+    """Map every (example, version) prediction back with its exact inverse and vote per example.
+
+    cells_by_row (R, 30, 30): predicted class maps, row r = example r // V in version r % V.
+    -> one record per example: task_id, kind, index, attempts (up to 2 grids), votes."""
+    V = len(cells_by_row) // max(len(bank_examples), 1)
+    out = []
+    for e, ex in enumerate(bank_examples):
+        back = [versions[ex.task_id][v].invert(decode_grid(cells_by_row[e * V + v])) for v in range(V)]
+        back = [g for g in back if g.size]                   # an all-outside prediction has no grid
+        attempts, votes = vote(back) if back else ([np.zeros((1, 1), np.uint8)], [0])
+        out.append({"task_id": ex.task_id, "kind": ex.kind, "index": ex.index,
+                    "attempts": attempts, "votes": votes})
+    return out
+
+
+def score_voted(records: Sequence[dict[str, Any]], split: Split) -> dict[str, float]:
+    """pass@1 / pass@2 (a task counts only if every one of its test inputs is right), exact
+    grids and pixel accuracy of the first attempt, over voted records."""
+    targets = [split.pair(Example(r["task_id"], r["kind"], r["index"])).output for r in records]
+    first = score_predictions([r["attempts"][0] for r in records], targets, [r["task_id"] for r in records])
+    hit2: dict[str, bool] = {}
+    for r, t in zip(records, targets, strict=True):
+        ok = any(a.shape == t.shape and bool((a == t).all()) for a in r["attempts"][:2])
+        hit2[r["task_id"]] = hit2.get(r["task_id"], True) and ok
+    return {"pixel": first["pixel"], "exact": first["exact"], "pass@1": first["solved"],
+            "pass@2": float(np.mean(list(hit2.values()))) if hit2 else 0.0,
+            "grids": first["grids"], "tasks": first["tasks"]}
+
+
+def submission(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, list]]]:
+    """ARC Prize submission format: {task_id: [{"attempt_1": grid, "attempt_2": grid}, ...]},
+    one entry per test input in order; a missing second attempt repeats the first."""
+    out: dict[str, list] = {}
+    for r in sorted(records, key=lambda r: (r["task_id"], r["index"])):
+        a = [g.tolist() for g in r["attempts"]]
+        out.setdefault(r["task_id"], []).append({"attempt_1": a[0], "attempt_2": a[1] if len(a) > 1 else a[0]})
+    return out
 
 
 # =====================================================================================

@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+import pytest
+
+import sage_core as sc
+
+A, B, C = np.array([[1]]), np.array([[2, 2]]), np.array([[3], [3]])
+
+
+def test_vote_ranks_by_count_and_breaks_ties_by_first_seen():
+    grids, votes = sc.vote([B, A, A, C, B, A])
+    assert [g.tolist() for g in grids] == [A.tolist(), B.tolist()] and votes == [3, 2]
+    grids, votes = sc.vote([C, B, B, C])              # tie: C appeared first
+    assert [g.tolist() for g in grids] == [C.tolist(), B.tolist()] and votes == [2, 2]
+    same_bytes_other_shape = np.array([[2], [2]])     # same cells as B, other shape: other grid
+    assert sc.vote([B, same_bytes_other_shape])[1] == [1, 1]
+
+
+def make_task():
+    g = lambda *rows: np.array(rows, dtype=np.uint8)  # noqa: E731
+    train = (sc.Pair(g([1, 0], [0, 0]), g([0, 1], [0, 0])),)
+    tests = (sc.Pair(g([2, 0]), g([0, 2])), sc.Pair(g([3, 4]), g([4, 3])))
+    return sc.Task("t1", train, tests)
+
+
+def test_oracle_predictions_in_every_version_map_back_to_the_answers():
+    task = make_task()
+    split = sc.Split("x", {"t1": task}, [], [], [sc.Example("t1", "test", i) for i in range(2)])
+    versions = sc.task_versions(split.tasks, 8, seed=3)
+    bank = sc.make_bank(split, "test", versions, 5, "cpu")
+    records = sc.voted_predictions(split, "test", bank.target.numpy(), bank.examples, versions)
+    assert all(r["votes"] == [8] for r in records)
+    scores = sc.score_voted(records, split)
+    assert scores["pass@1"] == scores["pass@2"] == scores["exact"] == scores["pixel"] == 1.0
+
+
+def test_pass_at_2_and_multi_test_tasks_on_hand_made_records():
+    task = make_task()
+    split = sc.Split("x", {"t1": task}, [], [], [])
+    right0, right1 = task.test[0].output, task.test[1].output
+    wrong = np.zeros((1, 2), np.uint8)
+    records = [{"task_id": "t1", "kind": "test", "index": 0, "attempts": [wrong, right0], "votes": [5, 3]},
+               {"task_id": "t1", "kind": "test", "index": 1, "attempts": [right1], "votes": [8]}]
+    s = sc.score_voted(records, split)
+    assert s["pass@1"] == 0.0 and s["pass@2"] == 1.0 and s["exact"] == 0.5
+    assert s["pixel"] == pytest.approx((1 + 2) / 4)        # [[0, 0]] vs [[0, 2]]: 1 of 2 cells
+    records[1]["attempts"] = [wrong]
+    assert sc.score_voted(records, split)["pass@2"] == 0.0  # one test input wrong: task unsolved
+
+
+def test_submission_has_the_arc_prize_format():
+    records = [{"task_id": "t1", "kind": "test", "index": 1, "attempts": [C], "votes": [1]},
+               {"task_id": "t1", "kind": "test", "index": 0, "attempts": [A, B], "votes": [2, 1]}]
+    sub = json.loads(json.dumps(sc.submission(records)))
+    assert sub == {"t1": [{"attempt_1": [[1]], "attempt_2": [[2, 2]]},
+                          {"attempt_1": [[3], [3]], "attempt_2": [[3], [3]]}]}
