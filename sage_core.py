@@ -68,7 +68,7 @@ __all__ = [
     # 9. Training
     "TrainConfig", "ExampleBank", "TrainState", "TrainingDiverged", "task_versions", "version_ids",
     "make_bank", "epoch_batches", "lr_at", "train", "validate", "grid_scores", "save_checkpoint",
-    "load_checkpoint", "read_metrics", "plot_learning_curves", "SageTeacher",
+    "load_checkpoint", "read_metrics", "plot_learning_curves", "SageTeacher", "evaluate_checkpoint",
     # 10. Evaluation and scoring
     "measure_speed", "score_predictions", "copy_baseline", "vote", "voted_predictions",
     "score_voted", "submission",
@@ -2265,6 +2265,26 @@ class SageTeacher(Teacher):
 TEACHERS["sage"] = SageTeacher   # plugs into load_teacher now that checkpoints exist
 
 
+def evaluate_checkpoint(path: str | os.PathLike, split: Split, part: str = "test",
+                        device: str = "auto") -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Score a trained grid student on split.<part> with voting over the augmented versions it
+    was trained with (each version's own task embedding): scores and the voted records."""
+    from collections import OrderedDict
+    device = resolve_device(device)
+    ck = load_checkpoint(path, device)
+    cfg = ck["meta"]["config"]
+    scfg = StudentConfig(**cfg["student"])
+    versions = task_versions(split.tasks, cfg["data"]["augmentations"], cfg["run"]["seed"])
+    if version_ids(split.tasks, versions) != ck["meta"]["version_ids"]:
+        raise ValueError(f"{path} was trained on other tasks or versions than this split's")
+    model = GridStudent(scfg, len(ck["meta"]["version_ids"])).to(device)
+    model.load_state_dict(OrderedDict(ck["model"]))
+    bank = make_bank(split, part, versions, scfg.canvas_bucket, device)
+    cells = predict_rows(model, bank, torch.arange(len(bank.cells)), device).cpu().numpy()
+    records = voted_predictions(split, part, cells, bank.examples, versions)
+    return score_voted(records, split), records
+
+
 def read_metrics(run_dir: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
     """metrics.jsonl as lists of records by kind ('train', 'val')."""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -2894,6 +2914,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--run-dir", required=True)
     t.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="config overrides, e.g. epochs=50 w_feat=0 seconds_budget=600")
+    t.add_argument("--evaluate", action="store_true",
+                   help="then score the best checkpoint on the evaluation test pairs with voting")
     b = sub.add_parser("bench", help="print speed figures and write benchmarks/results/*.json")
     b.add_argument("--device", default="auto")
     b.add_argument("names", nargs="*", help=f"which of {list(BENCHMARKS)} (default: all)")
@@ -2925,6 +2947,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     {"config": cfg, "environment": environment_record(cfg["run"].device)})
         result = train(cfg, split, args.run_dir, store)
         _write_json(Path(args.run_dir) / "train_summary.json", result)
+        if args.evaluate:   # the evaluation tasks' test pairs, voted over the trained versions
+            scores, records = evaluate_checkpoint(result["checkpoint"], split, "test", cfg["run"].device)
+            result["test"] = {**scores, "copy_baseline": copy_baseline(split, "test")}
+            _write_json(Path(args.run_dir) / "train_summary.json", result)
+            _write_json(Path(args.run_dir) / "predictions.json", submission(records))
         print(json.dumps(result))
         return 0
     if args.command == "bench":

@@ -55,3 +55,16 @@ def test_submission_has_the_arc_prize_format():
     sub = json.loads(json.dumps(sc.submission(records)))
     assert sub == {"t1": [{"attempt_1": [[1]], "attempt_2": [[2, 2]]},
                           {"attempt_1": [[3], [3]], "attempt_2": [[3], [3]]}]}
+
+
+def test_train_command_then_voted_evaluation_writes_scores_and_predictions(tmp_path):
+    code = sc.main(["train", "--profile", "smoke", "--run-dir", str(tmp_path), "--evaluate", "--set",
+                    "device=cpu", "epochs=1", "w_feat=0", "augmentations=2"])
+    assert code == 0
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    test = summary["test"]
+    assert test["tasks"] == sc.PROFILES["smoke"]["max_tasks"] and 0 <= test["pass@1"] <= test["pass@2"] <= 1
+    assert 0 <= test["pixel"] <= 1 and "copy_baseline" in test
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    assert len(predictions) == test["tasks"]
+    assert all({"attempt_1", "attempt_2"} == set(a) for v in predictions.values() for a in v)
