@@ -939,11 +939,15 @@ class StandinTeacher(Teacher):
         frames = []
         for cells, px in ((obs.query, CELL_PX), (obs.pair, PAIR_PX)):
             c = torch.as_tensor(cells, device=self.device).long()
-            rgb = self.palette[c].repeat_interleave(px, 1).repeat_interleave(px, 2)  # (B,900,900,3)
-            frames.append(rgb.permute(0, 3, 1, 2).float() / 255)
-        x = torch.stack(frames, 1).flatten(0, 1)                           # (B*2, 3, 900, 900)
+            frames.append(self.palette[c].repeat_interleave(px, 1).repeat_interleave(px, 2))
+        x = torch.stack(frames, 1).flatten(0, 1).permute(0, 3, 1, 2)    # (B*2, 3, 900, 900) uint8
+        # On the CPU, resizing uint8 (channels-last) is ~9x faster than float and differs by
+        # under one intensity level; the GPU resizes in float.
+        x = x.float() / 255 if x.is_cuda else x
         big = F.interpolate(x, size=(EAGLE_GRID * t,) * 2, mode="bilinear", antialias=True)
         thumb = F.interpolate(x, size=(t, t), mode="bilinear", antialias=True)
+        if not x.is_cuda:
+            big, thumb = big.float() / 255, thumb.float() / 255
         grid = big.unflatten(2, (EAGLE_GRID, t)).unflatten(4, (EAGLE_GRID, t))  # (n,3,g,t,g,t)
         grid = grid.permute(0, 2, 4, 1, 3, 5).flatten(1, 2)                  # (n, 9, 3, t, t)
         tiles = torch.cat([grid, thumb.unsqueeze(1)], 1).flatten(0, 1)       # (n*10, 3, t, t)
@@ -1210,7 +1214,7 @@ class StoreConfig:
     store_tokens: bool = False      # also keep every token's features (the features student)
 
 
-STORE_FORMAT = 1   # bump when the observation or shard layout changes: old stores then refuse
+STORE_FORMAT = 2   # bump when the observation or shard layout changes: old stores then refuse
 
 
 class StoreMismatch(RuntimeError):
