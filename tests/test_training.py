@@ -8,7 +8,7 @@ import sage_core as sc
 @pytest.fixture(scope="module")
 def split():
     cfg = sc.build_config("smoke")
-    return sc.make_split(*sc.load_split_data(cfg["data"]))
+    return sc.config_split(cfg["data"])
 
 
 def config(**kw):
