@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 __all__ = [
     # shared helpers
-    "resolve_device", "seed_everything",
+    "resolve_device", "seed_everything", "markdown_table",
     # 1. Grids and palette
     "MAX_GRID", "OUTSIDE", "NUM_CLASSES", "CELL_PX", "PALETTE", "OUTSIDE_RGB", "PALETTE_HEX",
     "encode_grid", "decode_grid", "grid_shape",
@@ -68,14 +68,14 @@ __all__ = [
     # 9. Training
     "TrainConfig", "ExampleBank", "TrainState", "TrainingDiverged", "task_versions", "version_ids",
     "make_bank", "epoch_batches", "lr_at", "train", "validate", "grid_scores", "save_checkpoint",
-    "load_checkpoint", "read_metrics", "plot_learning_curves", "SageTeacher", "evaluate_checkpoint",
+    "load_checkpoint", "read_metrics", "plot_learning_curves", "SageTeacher",
     # 10. Evaluation and scoring
     "measure_speed", "score_predictions", "copy_baseline", "vote", "voted_predictions",
-    "score_voted", "submission",
+    "score_voted", "submission", "evaluate_checkpoint",
     # 11. Configuration and runs
     "RunConfig", "DataConfig", "PROFILES", "CONFIG_CLASSES", "build_config", "resolve_profile",
     "config_params", "parse_overrides",
-    "Run", "open_run", "environment_record", "markdown_table",
+    "Run", "open_run", "environment_record",
     # 12. Pipeline runner and CLI
     "ROOT", "list_notebooks", "run_pipeline", "BENCHMARKS", "run_bench", "main",
 ]
@@ -133,6 +133,17 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], digits: int = 3) -> str:
+    """A list of dicts (same keys) as a markdown table; floats rounded to `digits`."""
+    if not rows:
+        return "(no rows)"
+    keys = list(rows[0])
+    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 # =====================================================================================
@@ -2276,26 +2287,6 @@ class SageTeacher(Teacher):
 TEACHERS["sage"] = SageTeacher   # plugs into load_teacher now that checkpoints exist
 
 
-def evaluate_checkpoint(path: str | os.PathLike, split: Split, part: str = "test",
-                        device: str = "auto") -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Score a trained grid student on split.<part> with voting over the augmented versions it
-    was trained with (each version's own task embedding): scores and the voted records."""
-    from collections import OrderedDict
-    device = resolve_device(device)
-    ck = load_checkpoint(path, device)
-    cfg = ck["meta"]["config"]
-    scfg = StudentConfig(**cfg["student"])
-    versions = task_versions(split.tasks, cfg["data"]["augmentations"], cfg["run"]["seed"])
-    if version_ids(split.tasks, versions) != ck["meta"]["version_ids"]:
-        raise ValueError(f"{path} was trained on other tasks or versions than this split's")
-    model = GridStudent(scfg, len(ck["meta"]["version_ids"])).to(device)
-    model.load_state_dict(OrderedDict(ck["model"]))
-    bank = make_bank(split, part, versions, scfg.canvas_bucket, device)
-    cells = predict_rows(model, bank, torch.arange(len(bank.cells)), device).cpu().numpy()
-    records = voted_predictions(split, part, cells, bank.examples, versions)
-    return score_voted(records, split), records
-
-
 def read_metrics(run_dir: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
     """metrics.jsonl as lists of records by kind ('train', 'val')."""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -2455,6 +2446,26 @@ def submission(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, li
         a = [g.tolist() for g in r["attempts"]]
         out.setdefault(r["task_id"], []).append({"attempt_1": a[0], "attempt_2": a[1] if len(a) > 1 else a[0]})
     return out
+
+
+def evaluate_checkpoint(path: str | os.PathLike, split: Split, part: str = "test",
+                        device: str = "auto") -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Score a trained grid student on split.<part> with voting over the augmented versions it
+    was trained with (each version's own task embedding): scores and the voted records."""
+    from collections import OrderedDict
+    device = resolve_device(device)
+    ck = load_checkpoint(path, device)
+    cfg = ck["meta"]["config"]
+    scfg = StudentConfig(**cfg["student"])
+    versions = task_versions(split.tasks, cfg["data"]["augmentations"], cfg["run"]["seed"])
+    if version_ids(split.tasks, versions) != ck["meta"]["version_ids"]:
+        raise ValueError(f"{path} was trained on other tasks or versions than this split's")
+    model = GridStudent(scfg, len(ck["meta"]["version_ids"])).to(device)
+    model.load_state_dict(OrderedDict(ck["model"]))
+    bank = make_bank(split, part, versions, scfg.canvas_bucket, device)
+    cells = predict_rows(model, bank, torch.arange(len(bank.cells)), device).cpu().numpy()
+    records = voted_predictions(split, part, cells, bank.examples, versions)
+    return score_voted(records, split), records
 
 
 # =====================================================================================
@@ -2634,17 +2645,6 @@ class Run:
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run step {step} first")
         return json.loads(path.read_text())
-
-
-def markdown_table(rows: Sequence[dict[str, Any]], digits: int = 3) -> str:
-    """A list of dicts (same keys) as a markdown table; floats rounded to `digits`."""
-    if not rows:
-        return "(no rows)"
-    keys = list(rows[0])
-    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def open_run(step: str, profile: str = "default", **params: Any) -> Run:
