@@ -12,9 +12,10 @@ flow, and each section uses only the sections above it (and the shared helpers a
     7. Students                   grid (default) and features (the original plan's) students
     8. Losses                     cross-entropy + feature distillation (+ per-cell logit KD)
     9. Training                   augmented banks on the device, the loop, checkpoints, sage teacher
-   10. Evaluation and scoring     speed measurement, scores, the copy-the-input baseline
+   10. Evaluation and scoring     voted scores, the copy baseline, speed, alignment, the report
    11. Configuration and runs     one dataclass per component, profiles, run folders and records
-   12. Pipeline runner and CLI    `python -m sage_core pipeline | extract | train | bench`
+   12. Pipeline runner and CLI    `python -m sage_core pipeline | extract | train | evaluate | bench`
+   13. Notebook widgets           the evaluation inspector (only when `interactive` is true)
 """
 
 from __future__ import annotations
@@ -71,13 +72,21 @@ __all__ = [
     "load_checkpoint", "read_metrics", "plot_learning_curves", "SageTeacher",
     # 10. Evaluation and scoring
     "measure_speed", "score_predictions", "copy_baseline", "vote", "voted_predictions",
-    "score_voted", "submission", "evaluate_checkpoint",
+    "score_voted", "submission", "evaluate_checkpoint", "Evaluation", "evaluate_run", "score_table",
+    "pair_scores", "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
+    "plot_accuracy_by_size", "plot_inspection", "SEED_TARGETS", "speed_batches", "speed_profile",
+    "speed_comparison", "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment",
+    "block_attention", "attention_rollout", "cell_attention_maps", "map_correlations",
+    "attention_similarity", "plot_attention_similarity", "evaluation_label", "evaluation_metrics",
+    "evaluation_report", "write_evaluation",
     # 11. Configuration and runs
     "RunConfig", "DataConfig", "PROFILES", "CONFIG_CLASSES", "build_config", "resolve_profile",
     "config_params", "parse_overrides",
     "Run", "open_run", "environment_record",
     # 12. Pipeline runner and CLI
     "ROOT", "list_notebooks", "run_pipeline", "BENCHMARKS", "run_bench", "main",
+    # 13. Notebook widgets
+    "inspector",
 ]
 
 ROOT = Path(__file__).resolve().parent
@@ -2324,7 +2333,7 @@ def plot_learning_curves(metrics: dict[str, list[dict[str, Any]]], title: str = 
 
 
 # =====================================================================================
-# 10. Evaluation and scoring — per-pixel accuracy, exact grids, tasks solved
+# 10. Evaluation and scoring — voted scores, speed and memory, alignment, the report
 # =====================================================================================
 
 def _sync(device: str) -> None:
@@ -2412,15 +2421,16 @@ def voted_predictions(split: Split, part: str, cells_by_row: np.ndarray, bank_ex
     """Map every (example, version) prediction back with its exact inverse and vote per example.
 
     cells_by_row (R, 30, 30): predicted class maps, row r = example r // V in version r % V.
-    -> one record per example: task_id, kind, index, attempts (up to 2 grids), votes."""
+    -> one record per example: task_id, kind, index, attempts (up to 2 grids), votes, and
+    candidates (every version's grid mapped back, in version order, for inspection)."""
     V = len(cells_by_row) // max(len(bank_examples), 1)
     out = []
     for e, ex in enumerate(bank_examples):
         back = [versions[ex.task_id][v].invert(decode_grid(cells_by_row[e * V + v])) for v in range(V)]
-        back = [g for g in back if g.size]                   # an all-outside prediction has no grid
-        attempts, votes = vote(back) if back else ([np.zeros((1, 1), np.uint8)], [0])
+        grids = [g for g in back if g.size]                  # an all-outside prediction has no grid
+        attempts, votes = vote(grids) if grids else ([np.zeros((1, 1), np.uint8)], [0])
         out.append({"task_id": ex.task_id, "kind": ex.kind, "index": ex.index,
-                    "attempts": attempts, "votes": votes})
+                    "attempts": attempts, "votes": votes, "candidates": back})
     return out
 
 
@@ -2466,6 +2476,582 @@ def evaluate_checkpoint(path: str | os.PathLike, split: Split, part: str = "test
     cells = predict_rows(model, bank, torch.arange(len(bank.cells)), device).cpu().numpy()
     records = voted_predictions(split, part, cells, bank.examples, versions)
     return score_voted(records, split), records
+
+
+# --- 10b. A trained run on its held-out pairs: scores per pair, by size, galleries ---
+
+@dataclass
+class Evaluation:
+    """A checkpoint scored on the evaluation tasks' test pairs (never trained on)."""
+    checkpoint: str
+    config: dict[str, Any]          # the checkpoint's own training config, as plain values
+    step: int                       # optimizer steps behind the checkpoint
+    teacher: str                    # the teacher it was trained against, as figures name it
+    split: Split                    # rebuilt from the checkpoint's data config and seed
+    versions: dict[str, list[Augmentation]]
+    records: list[dict[str, Any]]   # per test pair: attempts, votes, candidates by version
+    scores: dict[str, float]        # voted over the versions
+    baseline: dict[str, float]      # copy the input, on the same pairs
+    device: str
+    seconds: float                  # data, predictions, voting and scoring
+
+
+def training_teacher(meta: dict[str, Any], store_dir: str | os.PathLike) -> str:
+    """How figures name the teacher a checkpoint was trained against: its feature store's label
+    (stand-in features are never presented as GR00T's), or none when the loss had no teacher."""
+    if not meta.get("teacher"):
+        return "none (trained without a teacher term: w_feat = w_kd = 0)"
+    try:
+        return teacher_label(FeatureStore(store_dir).manifest)
+    except StoreMismatch:
+        return f"{meta['teacher']} (its feature store is not at {store_dir})"
+
+
+def evaluate_run(checkpoint: str | os.PathLike, store_dir: str | os.PathLike,
+                 device: str = "auto") -> Evaluation:
+    """Score a checkpoint on the test pairs of the split it was trained on, rebuilt from its own
+    config (so the evaluation cannot drift from the training), voted over its augmented
+    versions, beside the copy-the-input baseline on the same pairs."""
+    t0 = time.perf_counter()
+    device = resolve_device(device)
+    ck = load_checkpoint(checkpoint)
+    cfg = ck["meta"]["config"]
+    split = config_split(DataConfig(**cfg["data"]), cfg["run"]["seed"])
+    scores, records = evaluate_checkpoint(checkpoint, split, "test", device)
+    versions = task_versions(split.tasks, cfg["data"]["augmentations"], cfg["run"]["seed"])
+    return Evaluation(str(checkpoint), cfg, ck["state"]["step"], training_teacher(ck["meta"], store_dir),
+                      split, versions, records, scores, copy_baseline(split, "test"), device,
+                      time.perf_counter() - t0)
+
+
+def score_table(ev: Evaluation) -> list[dict[str, Any]]:
+    """The student's voted scores beside the copy baseline's (one attempt, so pass@1 = pass@2)."""
+    b, s = ev.baseline, ev.scores
+    versions = ev.config["data"]["augmentations"]
+    return [{"predictor": f"SAGE grid student, voted over {versions} versions", "pixel": s["pixel"],
+             "exact": s["exact"], "pass@1": s["pass@1"], "pass@2": s["pass@2"],
+             "test pairs": s["grids"], "tasks": s["tasks"]},
+            {"predictor": "copy the input", "pixel": b["pixel"], "exact": b["exact"],
+             "pass@1": b["solved"], "pass@2": b["solved"], "test pairs": b["grids"], "tasks": b["tasks"]}]
+
+
+def pair_scores(records: Sequence[dict[str, Any]], split: Split) -> list[dict[str, Any]]:
+    """One row per test pair: the target's size, that pair's voted scores (pixel accuracy and
+    exactness of the first attempt, right within two attempts), the copy baseline's pixel score."""
+    rows = []
+    for r in records:
+        pair = split.pair(Example(r["task_id"], r["kind"], r["index"]))
+        voted = score_voted([r], split)
+        copy = score_predictions([pair.input], [pair.output], [r["task_id"]])
+        rows.append({"task_id": r["task_id"], "index": r["index"], "rows": pair.output.shape[0],
+                     "cols": pair.output.shape[1], "pixel": voted["pixel"], "exact": voted["exact"] == 1.0,
+                     "pass@2": voted["pass@2"] == 1.0, "copy_pixel": copy["pixel"], "votes": r["votes"]})
+    return rows
+
+
+SIZE_BINS = (5, 10, 15, 20, 25, 30)   # upper edges of the target's larger side, for by-size scores
+
+
+def accuracy_by_size(pairs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pairs grouped by the larger side of their target: count, mean pixel accuracy and share of
+    exact first attempts, and the copy baseline's mean pixel accuracy. Empty groups are left out."""
+    out, low = [], 1
+    for high in SIZE_BINS:
+        group = [p for p in pairs if low <= max(p["rows"], p["cols"]) <= high]
+        if group:
+            mean = lambda key: float(np.mean([p[key] for p in group]))  # noqa: E731
+            out.append({"side": f"{low}-{high}", "pairs": len(group), "pixel": mean("pixel"),
+                        "exact": mean("exact"), "copy_pixel": mean("copy_pixel")})
+        low = high + 1
+    return out
+
+
+def difference_grid(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Target-sized map drawn in the ARC colours: red (2) where the prediction is wrong, white
+    (outside) where right. A prediction of another size is wrong everywhere, as the pixel score
+    counts it."""
+    wrong = pred != target if pred.shape == target.shape else np.ones(target.shape, bool)
+    return np.where(wrong, 2, OUTSIDE).astype(np.uint8)
+
+
+def _difference_title(pred: np.ndarray, target: np.ndarray) -> str:
+    if pred.shape != target.shape:
+        return f"size {pred.shape[0]}x{pred.shape[1]}: all {target.size} wrong"
+    return f"difference: {int((pred != target).sum())} of {target.size} wrong"
+
+
+def _votes(n: int) -> str:
+    return f"{n} vote" + ("" if n == 1 else "s")
+
+
+def gallery_pairs(pairs: Sequence[dict[str, Any]], right: bool, n: int) -> list[int]:
+    """Indices of up to n pairs for a gallery: right ones (within two attempts) in task order, or
+    the nearest misses (highest pixel accuracy of the first attempt)."""
+    chosen = [i for i, p in enumerate(pairs) if p["pass@2"] == right]
+    if not right:
+        chosen.sort(key=lambda i: -pairs[i]["pixel"])
+    return chosen[:n]
+
+
+def _draw_grid_or_none(ax, grid: np.ndarray, title: str) -> None:
+    """plot_grid, or a note where a prediction has no grid (every cell predicted outside)."""
+    if grid.size:
+        plot_grid(ax, grid, title)
+    else:
+        ax.text(0.5, 0.5, "no grid:\nevery cell\npredicted outside", ha="center", va="center", fontsize=7)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+
+
+def plot_prediction_gallery(records: Sequence[dict[str, Any]], split: Split, indices: Sequence[int],
+                            title: str):
+    """Rows of input | target | attempt 1 | attempt 2 | cell-wise difference of attempt 1. -> Figure"""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(max(1, len(indices)), 5, figsize=(10, 2.2 * max(1, len(indices))),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if not indices:
+        axes[0, 2].text(0.5, 0.5, "no test pair in this group", ha="center", va="center")
+    for row, i in zip(axes, indices):
+        r = records[i]
+        pair = split.pair(Example(r["task_id"], r["kind"], r["index"]))
+        plot_grid(row[0], pair.input, f"{r['task_id']} test {r['index']}: input")
+        plot_grid(row[1], pair.output, f"target {pair.output.shape[0]}x{pair.output.shape[1]}")
+        for k, (grid, votes) in enumerate(zip(r["attempts"][:2], r["votes"][:2])):
+            _draw_grid_or_none(row[2 + k], grid, f"attempt {k + 1} ({_votes(votes)})")
+        first = r["attempts"][0]
+        plot_grid(row[4], difference_grid(first, pair.output), _difference_title(first, pair.output))
+    fig.suptitle(title, fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_by_size(by_size: Sequence[dict[str, Any]], title: str):
+    """Mean pixel accuracy and exact share of the first attempt by target size, beside the copy
+    baseline's pixel accuracy, with the number of pairs per group. -> Figure"""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    x = np.arange(len(by_size))
+    ax.bar(x - 0.27, [g["pixel"] for g in by_size], 0.27, label="student: pixel", color="#0074D9")
+    ax.bar(x, [g["exact"] for g in by_size], 0.27, label="student: exact grid", color="#2ECC40")
+    ax.bar(x + 0.27, [g["copy_pixel"] for g in by_size], 0.27, label="copy the input: pixel", color="#AAAAAA")
+    for xi, g in zip(x, by_size):
+        ax.text(xi, 1.02, f"{g['pairs']} pairs", ha="center", fontsize=7)
+    ax.set_xticks(x, [g["side"] for g in by_size])
+    ax.set_xlabel("larger side of the target grid")
+    ax.set_ylabel("mean over test pairs")
+    ax.set_ylim(0, 1.12)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(title, fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_inspection(ev: Evaluation, index: int, version: int | None = None,
+                    difference: bool = False, frames: bool = False):
+    """One test pair for the inspector: input | target | the voted attempts; or, for `version`,
+    that version's input, target and own prediction, and the prediction mapped back. With
+    `difference`, the cell-wise difference to the target; with `frames`, the teacher's two
+    frames. -> Figure"""
+    import matplotlib.pyplot as plt
+    r = ev.records[index]
+    example = Example(r["task_id"], r["kind"], r["index"])
+    pair = ev.split.pair(example)
+    if version is None:
+        name = "voted over every version, mapped back"
+        shown = [(a, f"attempt {k + 1} ({_votes(v)})") for k, (a, v) in enumerate(zip(r["attempts"], r["votes"]))]
+        panels = [(pair.input, "input"), (pair.output, "target"), *shown]
+    else:
+        aug, back = ev.versions[r["task_id"]][version], r["candidates"][version]
+        name = f"version {aug.name}"
+        shown = [(back, "mapped back")]
+        panels = [(aug.apply(pair.input), "input (this version)"), (aug.apply(pair.output), "target (this version)"),
+                  (aug.apply(back), "prediction (this version)"), *shown]
+    if difference:
+        panels += [(difference_grid(g, pair.output), _difference_title(g, pair.output)) for g, _ in shown if g.size]
+    cols = max(len(panels), 2)
+    fig, axes = plt.subplots(2 if frames else 1, cols, figsize=(2.1 * cols, 5.2 if frames else 2.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (grid, title) in zip(axes[0], panels):
+        _draw_grid_or_none(ax, grid, title)
+    if frames:
+        video = make_observations(ev.split.tasks, [example]).video()[0, :, 0]   # (2, 900, 900, 3)
+        for ax, frame, title in zip(axes[1], video, ("teacher frame 0: query input",
+                                                     "teacher frame 1: a demonstration")):
+            ax.imshow(frame, interpolation="nearest")
+            ax.set(xticks=[], yticks=[], frame_on=True)   # the border shows the frame's white edge
+            ax.axis("on")
+            ax.set_title(title, fontsize=8)
+    fig.suptitle(f"{r['task_id']} test {r['index']}: {name}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --- 10c. Speed and memory: student and teacher in one process, against the plan's targets ---
+
+# The original plan's promises for the student against GR00T: 56x fewer parameters, 15x faster,
+# about 200 MB of GPU memory against about 12 GB.
+SEED_TARGETS = {"parameters": 56.0, "speed": 15.0, "student_mib": 200.0, "teacher_mib": 12 * 1024.0}
+
+
+def speed_batches(kind: str, device: str) -> tuple[int, ...]:
+    """Batch sizes a speed measurement tries, batch 1 first: wide on a GPU, where large batches
+    pay off; short on the CPU. kind: grid | features | teacher."""
+    if not device.startswith("cuda"):
+        return (1, 4)
+    return {"grid": (1, 64, 256, 1024), "features": (1, 16, 64), "teacher": (1, 16)}[kind]
+
+
+def speed_profile(run_batch, make_inputs, batch_sizes: Sequence[int], device: str,
+                  repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
+    """Time run_batch(*make_inputs(b)) without gradients at each batch size (batch 1 first):
+    ms per example at batch 1, examples/s at the best batch, peak memory (CUDA) of both."""
+    inputs = {b: make_inputs(b) for b in batch_sizes}
+
+    def call(b):
+        with torch.no_grad():
+            return run_batch(*inputs[b])
+
+    rows = measure_speed(call, list(batch_sizes), device, repeats, warmup)
+    best = max(rows, key=lambda r: r["examples_per_s"])
+    return {"ms_batch1": rows[0]["ms_per_example"], "peak_mib_batch1": rows[0]["peak_mib"],
+            "best_batch": best["batch"], "best_examples_per_s": best["examples_per_s"],
+            "peak_mib_best_batch": best["peak_mib"]}
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _release(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
+    """The trained grid student (on the median canvas of the evaluation tasks and on 30x30), the
+    run's teacher, and a features student (the original plan's; its weights do not change its
+    speed) in this process on one device: ms per example at batch 1, examples/s at the best
+    batch, peak memory, parameters. Bf16 on CUDA, fp32 on the CPU.
+
+    Models are measured one after another, so each peak holds only what that model needs; the
+    features student is measured beside its teacher and its time includes the teacher's."""
+    device = resolve_device(device)
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    timing = dict(repeats=5, warmup=3) if cuda else dict(repeats=2, warmup=1)
+    grid = SageTeacher(ev.checkpoint, device).model.to(dtype)
+    tasks = sorted({e.task_id for e in ev.split.test})
+    sides = sorted(canvas_side(ev.split.tasks[t], grid.cfg.canvas_bucket) for t in tasks)
+    rows = []
+    for side in dict.fromkeys((sides[len(sides) // 2], MAX_GRID)):
+        s = speed_profile(grid, lambda b: student_inputs(grid, b, device, side, dtype=dtype),
+                          speed_batches("grid", device), device, **timing)
+        rows.append({"model": f"grid student ({side}x{side} canvas)", "parameters": _n_params(grid), **s})
+    del grid
+    _release(device)
+    tcfg = TeacherConfig(**ev.config["teacher"])
+    if tcfg.teacher == "groot":
+        return {"device": device, "rows": rows, "teacher": None, "ratios": [],
+                "note": "GR00T runs in its own environment (Isaac-GR00T), so it cannot be timed in "
+                        "this process; `extract` records its seconds per example in the feature "
+                        "store's manifest."}
+    teacher = load_teacher(tcfg.teacher, device, **teacher_options(tcfg))
+    label = teacher_label(teacher.describe())
+    queries = (ev.split.test * 64)[:64]
+    t = speed_profile(teacher.extract, lambda b: (make_observations(ev.split.tasks, queries[:b]),),
+                      speed_batches("teacher", device), device, **timing)
+    teacher_row = {"model": f"teacher: {label}", "parameters": teacher.n_params, **t}
+    rows.append(teacher_row)
+    _, n_tokens, dim = teacher.extract(make_observations(ev.split.tasks, queries[:1])).features.shape
+    fcfg = StudentConfig(**{**ev.config["student"], "student": "features"})
+    feat = build_student(fcfg, teacher_dim=dim, max_tokens=n_tokens).to(device, dtype).eval()
+    f = speed_profile(feat, lambda b: student_inputs(feat, b, device, n_tokens=n_tokens, dtype=dtype),
+                      speed_batches("features", device), device, **timing)
+    peak = lambda key: max(f[key], t[key]) if cuda else None  # noqa: E731
+    rows.append({"model": f"features student ({n_tokens} teacher tokens) + its teacher",
+                 "parameters": _n_params(feat) + teacher.n_params,
+                 "ms_batch1": f["ms_batch1"] + t["ms_batch1"], "peak_mib_batch1": peak("peak_mib_batch1"),
+                 "best_batch": f"{f['best_batch']} (teacher {t['best_batch']})",
+                 "best_examples_per_s": 1 / (1 / f["best_examples_per_s"] + 1 / t["best_examples_per_s"]),
+                 "peak_mib_best_batch": peak("peak_mib_best_batch")})
+    del teacher, feat
+    _release(device)
+    return {"device": device, "rows": rows, "teacher": label, "ratios": speed_ratios(rows[0], teacher_row)}
+
+
+def speed_ratios(student: dict[str, Any], teacher: dict[str, Any]) -> list[dict[str, str]]:
+    """The grid student against the teacher, beside the original plan's targets."""
+    mib = lambda v: f"{v:,.0f} MiB" if v is not None else "not measured on the CPU"  # noqa: E731
+    return [
+        {"measure": "parameters, teacher / student", "plan": f"{SEED_TARGETS['parameters']:.0f}x",
+         "this run": f"{teacher['parameters'] / student['parameters']:.1f}x"},
+        {"measure": "ms per example at batch 1, teacher / student", "plan": f"{SEED_TARGETS['speed']:.0f}x",
+         "this run": f"{teacher['ms_batch1'] / student['ms_batch1']:.1f}x"},
+        {"measure": "examples/s at the best batch, student / teacher", "plan": "-",
+         "this run": f"{student['best_examples_per_s'] / teacher['best_examples_per_s']:.1f}x"},
+        {"measure": "student peak memory, batch 1", "plan": f"~{SEED_TARGETS['student_mib']:.0f} MB",
+         "this run": mib(student["peak_mib_batch1"])},
+        {"measure": "teacher peak memory, batch 1", "plan": f"~{SEED_TARGETS['teacher_mib'] / 1024:.0f} GB",
+         "this run": mib(teacher["peak_mib_batch1"])},
+    ]
+
+
+def plot_speed(speed: dict[str, Any], title: str):
+    """ms per example at batch 1 and parameters of every measured model, log scales. -> Figure"""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    rows = speed["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.5 + 0.45 * len(rows)))
+    names = [r["model"] for r in rows]
+    colours = ["#0074D9" if r["model"].startswith("grid") else "#FF851B" for r in rows]
+    for ax, key, label in ((axes[0], "ms_batch1", "ms per example at batch 1"),
+                           (axes[1], "parameters", "parameters")):
+        ax.barh(range(len(rows)), [r[key] for r in rows], color=colours)
+        for y, r in enumerate(rows):
+            ax.text(r[key], y, f" {r[key]:,.3g}", va="center", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlim(right=4 * max(r[key] for r in rows))   # room for the labels
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(label)
+        ax.invert_yaxis()
+    axes[0].set_yticks(range(len(rows)), names, fontsize=7)
+    axes[1].set_yticks([])
+    fig.suptitle(title, fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+# --- 10d. Alignment: projected student vectors against the teacher's, attention over cells ---
+
+def feature_alignment(ev: Evaluation, store_dir: str | os.PathLike, device: str = "auto",
+                      chunk: int = 64) -> dict[str, Any]:
+    """Cosine similarity between the student's pooled vector projected by P (the DistillLoss
+    projection trained with it, kept in the checkpoint under 'loss') and the teacher's pooled
+    features of the same evaluation test pair; for scale, also against the next pair's teacher
+    vector (a mismatched pair). Teacher targets belong to the original orientation, so the
+    student reads the identity version."""
+    try:
+        store = FeatureStore(store_dir)
+        target = store.load(ev.split.test).float()                        # (n, D)
+    except StoreMismatch as err:
+        return {"computed": False, "reason": f"no teacher features for these pairs: {err}"}
+    label = teacher_label(store.manifest)
+    projection = load_checkpoint(ev.checkpoint)["loss"]
+    weight, bias = projection["project.weight"].float(), projection["project.bias"].float()
+    if weight.shape[0] != target.shape[1]:
+        return {"computed": False, "teacher": label,
+                "reason": f"the projection maps to {weight.shape[0]} numbers but the teacher gives "
+                          f"{target.shape[1]}: the run trained without the feature loss (w_feat = 0), "
+                          "so the projection never met these features"}
+    student = SageTeacher(ev.checkpoint, device)
+    pooled = torch.cat([student.extract(make_observations(ev.split.tasks, ev.split.test[i:i + chunk])).pooled.cpu()
+                        for i in range(0, len(ev.split.test), chunk)])
+    projected = F.linear(pooled.float(), weight, bias)
+    matched = F.cosine_similarity(projected, target, dim=-1).numpy()
+    mismatched = F.cosine_similarity(projected, target.roll(1, 0), dim=-1).numpy()
+    return {"computed": True, "teacher": label, "projection_trained": ev.config["loss"]["w_feat"] > 0,
+            "pairs": len(matched), "matched_mean": float(matched.mean()),
+            "mismatched_mean": float(mismatched.mean()), "matched": matched, "mismatched": mismatched}
+
+
+def plot_alignment(alignment: dict[str, Any], title: str):
+    """Distribution of cos(P(student), teacher) over the pairs, matched and mismatched. -> Figure"""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    bins = np.linspace(-1, 1, 41)
+    ax.hist(alignment["matched"], bins, alpha=0.7, color="#0074D9",
+            label=f"same pair (mean {alignment['matched_mean']:.3f})")
+    ax.hist(alignment["mismatched"], bins, alpha=0.5, color="#AAAAAA",
+            label=f"next pair's teacher vector (mean {alignment['mismatched_mean']:.3f})")
+    ax.set_xlabel("cosine similarity of projected student vector and teacher's pooled features")
+    ax.set_ylabel("test pairs")
+    ax.legend(fontsize=7)
+    note = "" if alignment["projection_trained"] else \
+        "\nprojection UNTRAINED (w_feat = 0): these similarities are chance, not alignment"
+    ax.set_title(f"{title}\nteacher features: {alignment['teacher']}{note}", fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def block_attention(block: EncoderBlock, x: torch.Tensor) -> torch.Tensor:
+    """The weights SDPA applies but does not return, recomputed from the block's normalised
+    input x (B, N, C) as its forward splits it. -> (B, heads, N, N) float32, rows sum to 1."""
+    B, N, C = x.shape
+    q, k, _ = block.qkv(x.to(block.qkv.weight.dtype)).view(B, N, 3, block.heads, C // block.heads).permute(2, 0, 3, 1, 4)
+    return torch.softmax(q.float() @ k.float().transpose(-1, -2) / math.sqrt(C // block.heads), -1)
+
+
+@torch.no_grad()
+def attention_rollout(model: GridStudent, cells: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+    """Attention rollout over the canvas cells (heads averaged, the residual counted as half,
+    layers multiplied; the first encoder pass): how much the cell tokens draw, through every
+    layer, on each input cell. cells (B, s, s) -> (B, s, s)."""
+    inputs: list[torch.Tensor] = []
+    hooks = [b.norm1.register_forward_hook(lambda _m, _i, out: inputs.append(out))
+             for b in model.encoder.blocks]
+    try:
+        model(cells, task_index)
+    finally:
+        for h in hooks:
+            h.remove()
+    B, s, _ = cells.shape
+    T = model.cfg.task_tokens
+    eye = torch.eye(T + s * s, device=cells.device)
+    rollout = eye.expand(B, -1, -1)
+    for block, x in zip(model.encoder.blocks, inputs):      # zip stops after the first pass
+        rollout = (0.5 * block_attention(block, x).mean(1) + 0.5 * eye) @ rollout
+    return rollout[:, T:, T:].mean(1).view(B, s, s)
+
+
+def cell_attention_maps(sage: SageTeacher, tasks: dict[str, Task], examples: Sequence[Example],
+                        chunk: int = 32) -> list[np.ndarray]:
+    """attention_rollout of a trained grid student (identity version of each task, on its own
+    canvas), cropped to each query input grid. -> one (h, w) map per example, in order."""
+    query = make_observations(tasks, examples).query                      # (n, 30, 30)
+    sides = np.array([sage.canvas[e.task_id] for e in examples])
+    maps: list[np.ndarray] = [np.zeros(0)] * len(examples)
+    for s in np.unique(sides):
+        where = np.flatnonzero(sides == s)
+        for idx in np.array_split(where, -(-len(where) // chunk)):
+            cells = torch.as_tensor(query[idx, :s, :s], device=sage.device).long()
+            rows = torch.tensor([sage.rows[examples[i].task_id] for i in idx], device=sage.device)
+            rollout = attention_rollout(sage.model, cells, rows).cpu().numpy()
+            for j, i in enumerate(idx):
+                h, w = grid_shape(query[i])
+                maps[i] = rollout[j, :h, :w]
+    return maps
+
+
+def map_correlations(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray:
+    """Pearson correlation of each pair of same-shaped maps; pairs where either map is constant
+    (e.g. a 1x1 grid) have none and are left out."""
+    return np.array([np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, b, strict=True)
+                     if x.std() > 0 and y.std() > 0])
+
+
+# Why attention over grid cells cannot be compared for a teacher backend.
+ATTENTION_UNAVAILABLE = {
+    "standin": "The stand-in's tokens are patches of 224-px image tiles (Eagle's tiling of a 900-px "
+               "frame: a grid cell spans about 1.6 patches and no patch lines up with a cell) plus "
+               "text, and its SDPA attention returns no weights: it has no attention map over grid "
+               "cells to compare with the student's. Not computed.",
+    "groot": "GR00T's tokens are patches of tiled 900-px frames plus text, not grid cells, and it "
+             "runs in its own environment: no attention map over grid cells here. Not computed.",
+}
+
+
+def attention_similarity(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
+    """Correlation of the student's and the teacher's attention rollout over each evaluation
+    query's input cells, where both read grid cells: a `sage` teacher. Elsewhere it says why not."""
+    tcfg = TeacherConfig(**ev.config["teacher"])
+    if tcfg.teacher != "sage":
+        return {"computed": False, "reason": ATTENTION_UNAVAILABLE[tcfg.teacher]}
+    student, teacher = SageTeacher(ev.checkpoint, device), SageTeacher(tcfg.teacher_path, device)
+    missing = sorted({e.task_id for e in ev.split.test} - set(teacher.rows))
+    if missing:
+        return {"computed": False, "reason": f"the sage teacher has no embedding for {len(missing)} "
+                                             f"evaluation task(s), e.g. {missing[0]}"}
+    r = map_correlations(cell_attention_maps(student, ev.split.tasks, ev.split.test),
+                         cell_attention_maps(teacher, ev.split.tasks, ev.split.test))
+    return {"computed": True, "teacher": teacher_label(teacher.describe()), "pairs": len(r),
+            "mean": float(r.mean()) if len(r) else None, "correlation": r}
+
+
+def plot_attention_similarity(attention: dict[str, Any], title: str):
+    """Distribution of the per-pair correlation of attention rollouts. -> Figure"""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    ax.hist(attention["correlation"], np.linspace(-1, 1, 41), color="#B10DC9")
+    ax.set_xlabel("Pearson r of student and teacher attention rollout over the query's cells")
+    ax.set_ylabel("test pairs")
+    ax.set_title(f"{title}\nteacher: {attention['teacher']} (mean r {attention['mean']:.3f})",
+                 fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+# --- 10e. Records of an evaluation: metrics.json, predictions.json, report.md ---
+
+def evaluation_label(ev: Evaluation) -> str:
+    """What every evaluation figure says it shows: checkpoint, split, teacher."""
+    return (f"checkpoint {Path(ev.checkpoint).name} (step {ev.step}) on the {ev.scores['grids']} "
+            f"test pairs of {ev.config['data']['eval_set']} ({ev.scores['tasks']} tasks, never trained on); "
+            f"trained against teacher: {ev.teacher}")
+
+
+def evaluation_metrics(ev: Evaluation, pairs: list[dict[str, Any]], speed: dict[str, Any],
+                       alignment: dict[str, Any], attention: dict[str, Any]) -> dict[str, Any]:
+    """Everything the evaluation measured, as one JSON-ready record."""
+    return {"checkpoint": ev.checkpoint, "step": ev.step, "teacher": ev.teacher, "device": ev.device,
+            "split": {"name": ev.split.name, "eval_set": ev.config["data"]["eval_set"],
+                      "test_pairs": ev.scores["grids"], "tasks": ev.scores["tasks"],
+                      "versions": ev.config["data"]["augmentations"]},
+            "scores": ev.scores, "copy_baseline": ev.baseline, "scoring_seconds": ev.seconds,
+            "by_size": accuracy_by_size(pairs), "speed": speed, "alignment": alignment,
+            "attention": attention, "pairs": pairs}
+
+
+def evaluation_report(metrics: dict[str, Any], scores: list[dict[str, Any]],
+                      figures: dict[str, str]) -> str:
+    """report.md: the tables, what each number means, and links to the figures (run-relative)."""
+    m, speed, align, attn = metrics, metrics["speed"], metrics["alignment"], metrics["attention"]
+    fig = lambda name: f"![{name}]({figures[name]})" if name in figures else ""  # noqa: E731
+    speed_rows = [{"model": r["model"], "parameters": f"{r['parameters']:,}", "ms/example, batch 1": r["ms_batch1"],
+                   "best batch": r["best_batch"], "examples/s there": r["best_examples_per_s"],
+                   "peak MiB, batch 1": r["peak_mib_batch1"] or "-"} for r in speed["rows"]]
+    if align["computed"]:
+        trained = "" if align["projection_trained"] else (
+            " **The run trained without the feature loss (w_feat = 0): the projection is untrained "
+            "and these numbers are chance, not alignment.**")
+        align_text = (f"Teacher features: {align['teacher']}. Mean cosine over {align['pairs']} pairs: "
+                      f"{align['matched_mean']:.3f} with the pair's own teacher vector, "
+                      f"{align['mismatched_mean']:.3f} with the next pair's.{trained}\n\n{fig('alignment')}")
+    else:
+        align_text = f"Not computed: {align['reason']}"
+    attn_text = (f"Teacher: {attn['teacher']}. Mean correlation over {attn['pairs']} pairs: {attn['mean']:.3f}."
+                 f"\n\n{fig('attention')}" if attn["computed"] else attn["reason"])
+    split = m["split"]
+    return "\n".join([
+        f"# Evaluation: {Path(m['checkpoint']).parent.parent.name}", "",
+        f"Checkpoint `{m['checkpoint']}` (step {m['step']}), trained against teacher: {m['teacher']}.",
+        f"Scored on the {split['test_pairs']} test pairs of {split['eval_set']} ({split['tasks']} tasks; "
+        f"split `{split['name']}`: never trained on). Each pair is predicted in all {split['versions']} "
+        "augmented versions of its task, each prediction is cropped at the outside-grid class and mapped "
+        "back with its exact inverse, and the grids are voted: pass@1 takes the most frequent, pass@2 "
+        "the two most frequent. A task counts as solved only when all its test inputs are right; pixel "
+        "accuracy counts every target cell wrong when the size is wrong.", "",
+        f"Device {m['device']}; scoring took {m['scoring_seconds']:.1f} s (data, predictions, voting). "
+        "Predictions: `predictions.json` (ARC Prize submission format). Every figure: `figures/06_*.png`.",
+        "", "## Scores", "", markdown_table(scores), "",
+        fig("gallery_right"), "", fig("gallery_wrong"), "", fig("accuracy_by_size"), "",
+        "## Speed and memory", "",
+        f"Measured in one process on {speed['device']}, one model after another (bf16 on CUDA, fp32 on "
+        "the CPU; peak memory on CUDA only). The features student is the original plan's design with "
+        "this run's sizes and untrained weights (weights do not change its speed); it reads the "
+        "teacher's tokens, so its time and memory include the teacher's.", "",
+        markdown_table(speed_rows, digits=2), "",
+        *(["Against the original plan's targets (grid student on the median canvas):", "",
+           markdown_table(speed["ratios"]), ""] if speed["ratios"] else [speed.get("note", ""), ""]),
+        fig("speed"), "", "## Feature alignment", "",
+        "Cosine similarity between the student's pooled vector projected by the loss's learnt "
+        "projection P and the teacher's pooled features of the same pair (original orientation).", "",
+        align_text, "", "## Attention similarity", "", attn_text, "",
+        "## Learning curves", "", fig("learning_curves"), "",
+    ])
+
+
+def write_evaluation(run_dir: str | os.PathLike, metrics: dict[str, Any], records: Sequence[dict[str, Any]],
+                     report: str) -> Path:
+    """metrics.json, predictions.json (ARC Prize format) and report.md in the run folder. -> report path"""
+    run_dir = Path(run_dir)
+    _write_json(run_dir / "metrics.json", metrics)
+    _write_json(run_dir / "predictions.json", submission(records))
+    (run_dir / "report.md").write_text(report)
+    return run_dir / "report.md"
 
 
 # =====================================================================================
@@ -2708,8 +3294,11 @@ def run_pipeline(profile: str = "default", device: str = "auto", run_id: str | N
     overrides = {k: v for k, v in overrides.items() if v is not None}
     build_config(profile, device=device, **overrides)   # fail on a bad parameter before any work
     params = {"run_dir": str(run_dir), "profile": profile, "device": device, **overrides}
+    # A partial run (--from, --only) into an existing folder keeps the earlier notebooks' record.
+    earlier = run_dir / "run.json"
+    notebooks = json.loads(earlier.read_text())["notebooks"] if (start or only) and earlier.exists() else {}
     record = {"run_id": run_dir.name, "started": _now(), "parameters": params,
-              **environment_record(device), "notebooks": {}, "status": "running"}
+              **environment_record(device), "notebooks": notebooks, "status": "running"}
     _write_json(run_dir / "run.json", record)
     for i, book in enumerate(books, 1):
         print(f"[{i}/{len(books)}] {book.stem} ...", flush=True)
@@ -2737,6 +3326,8 @@ def run_pipeline(profile: str = "default", device: str = "auto", run_id: str | N
     record.update(status="ok", finished=_now())
     _write_json(run_dir / "run.json", record)
     print(f"run folder: {run_dir}", flush=True)
+    if (run_dir / "report.md").exists():
+        print(f"report: {run_dir / 'report.md'}", flush=True)
     return record
 
 
@@ -2816,19 +3407,14 @@ def bench_students(device: str = "auto") -> dict[str, Any]:
         variants = {"eager": model}
         if cuda:   # CUDA graphs remove the per-kernel launch cost that dominates at batch 1
             variants["cudagraphs"] = torch.compile(model, mode="reduce-overhead", dynamic=False)
-        batches = ((1, 64, 256, 1024) if kind == "grid" else (1, 16, 64)) if cuda else (1, 4)
         row: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters())}
         for vname, fn in variants.items():
-            inputs = {b: student_inputs(model, b, device, side or MAX_GRID, n_tokens, dtype=dtype)
-                      for b in (batches if vname == "eager" else (1,))}
-            rows = measure_speed(lambda b: _no_grad_call(fn, inputs[b]), list(inputs), device,
-                                 repeats=5 if cuda else 2, warmup=3 if cuda else 1)
-            row[f"{vname}_ms_batch1"] = rows[0]["ms_per_example"]
-            row[f"{vname}_peak_mib_batch1"] = rows[0]["peak_mib"]
+            s = speed_profile(fn, lambda b: student_inputs(model, b, device, side or MAX_GRID, n_tokens, dtype=dtype),
+                              speed_batches(kind, device) if vname == "eager" else (1,), device,
+                              repeats=5 if cuda else 2, warmup=3 if cuda else 1)
+            row[f"{vname}_ms_batch1"], row[f"{vname}_peak_mib_batch1"] = s["ms_batch1"], s["peak_mib_batch1"]
             if vname == "eager":
-                best = max(rows, key=lambda r: r["examples_per_s"])
-                row.update(best_batch=best["batch"], best_examples_per_s=best["examples_per_s"],
-                           peak_mib_best_batch=best["peak_mib"])
+                row.update({k: s[k] for k in ("best_batch", "best_examples_per_s", "peak_mib_best_batch")})
         if cuda:   # fused kernels (no CUDA graphs) at the best eager batch
             fused = torch.compile(model, dynamic=False)
             b = row["best_batch"]
@@ -2925,6 +3511,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="config overrides, e.g. epochs=50 w_feat=0 seconds_budget=600")
     t.add_argument("--evaluate", action="store_true",
                    help="then score the best checkpoint on the evaluation test pairs with voting")
+    v = sub.add_parser("evaluate", help="notebook 06 on a run folder with checkpoints/best.pt: "
+                                        "scores, speed, alignment, report.md")
+    v.add_argument("--run-dir", required=True)
+    v.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    v.add_argument("--profile", default="auto", choices=["auto", *sorted(PROFILES)])
     b = sub.add_parser("bench", help="print speed figures and write benchmarks/results/*.json")
     b.add_argument("--device", default="auto")
     b.add_argument("names", nargs="*", help=f"which of {list(BENCHMARKS)} (default: all)")
@@ -2962,6 +3553,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             _write_json(Path(args.run_dir) / "predictions.json", submission(records))
         print(json.dumps(result))
         return 0
+    if args.command == "evaluate":
+        run_dir = Path(args.run_dir).resolve()
+        record = run_pipeline(args.profile, args.device, run_dir.name, run_dir.parent, only="06")
+        if record["status"] != "ok":
+            return 1
+        s = json.loads((run_dir / "steps" / "06_evaluation.json").read_text())
+        print(f"scored {s['scores']['tasks']} tasks ({s['scores']['grids']} test pairs x {s['versions']} "
+              f"versions) in {s['scoring_seconds']:.1f} s on {s['device']}: pass@1 {s['scores']['pass@1']:.4f}, "
+              f"pass@2 {s['scores']['pass@2']:.4f}; the whole evaluation step "
+              f"{record['notebooks']['06_evaluation']['seconds']:.1f} s")
+        return 0
     if args.command == "bench":
         unknown = set(args.names) - set(BENCHMARKS)
         if unknown:
@@ -2969,6 +3571,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_bench(args.device, args.names or tuple(BENCHMARKS))
         return 0
     return 2
+
+
+# =====================================================================================
+# 13. Notebook widgets — built only when a notebook's `interactive` parameter is true
+# =====================================================================================
+
+def inspector(ev: Evaluation):
+    """An ipywidgets inspector of an evaluation: task (marked solved or not), test pair,
+    augmented version (or the vote), a difference view and the teacher's frames. It draws into
+    an Image widget, so it behaves the same in JupyterLab and without a display. -> VBox"""
+    import io
+
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    by_task: dict[str, list[int]] = {}
+    for i, r in enumerate(ev.records):
+        by_task.setdefault(r["task_id"], []).append(i)
+    solved = {t: score_voted([ev.records[i] for i in rows], ev.split)["pass@2"] == 1.0
+              for t, rows in by_task.items()}
+    task = widgets.Dropdown(description="task", options=[
+        (f"{t} ({'solved' if solved[t] else 'unsolved'})", t) for t in sorted(by_task)])
+    pair = widgets.Dropdown(description="test pair")
+    version = widgets.Dropdown(description="version")
+    difference = widgets.ToggleButton(description="difference")
+    frames = widgets.ToggleButton(description="teacher frames")
+    image = widgets.Image(format="png")
+
+    def pick_task(_=None):
+        pair.options = [(f"test {ev.records[i]['index']}", i) for i in by_task[task.value]]
+        version.options = [("voted, mapped back", -1)] + [
+            (aug.name, v) for v, aug in enumerate(ev.versions[task.value])]
+        pair.index, version.index = 0, 0
+
+    def draw(_=None):
+        if pair.value is None or version.value is None:
+            return
+        fig = plot_inspection(ev, pair.value, None if version.value < 0 else version.value,
+                              difference.value, frames.value)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        image.value = buffer.getvalue()
+
+    task.observe(pick_task, "value")
+    for control in (pair, version, difference, frames):
+        control.observe(draw, "value")
+    pick_task()
+    draw()
+    return widgets.VBox([widgets.HBox([task, pair, version]), widgets.HBox([difference, frames]), image])
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,3 +39,25 @@ def smoke_run(tmp_path_factory):
     record = json.loads((run_dir / "run.json").read_text())
     assert code == 0, record.get("failure")
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def hand_count():
+    """Scores counted without sage_core, from rows (task_id, attempts, target): pixel accuracy
+    and exact grids of the first attempt (a wrong size counts every target cell wrong), and the
+    share of tasks all of whose targets are right at the first attempt and within two."""
+    def count(rows):
+        right = total = exact = 0
+        first: dict[str, bool] = {}
+        two: dict[str, bool] = {}
+        for task_id, attempts, target in rows:
+            grids = [np.asarray(a) for a in attempts[:2]]
+            same = [g.shape == target.shape and bool((g == target).all()) for g in grids]
+            total += target.size
+            right += int((grids[0] == target).sum()) if grids[0].shape == target.shape else 0
+            exact += same[0]
+            first[task_id] = first.get(task_id, True) and same[0]
+            two[task_id] = two.get(task_id, True) and any(same)
+        return {"pixel": right / total, "exact": exact / len(rows),
+                "pass@1": float(np.mean(list(first.values()))), "pass@2": float(np.mean(list(two.values())))}
+    return count

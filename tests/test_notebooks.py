@@ -2,8 +2,11 @@
 import dataclasses
 import json
 import math
+import re
+import shutil
 
 import nbformat
+import numpy as np
 import papermill as pm
 import pytest
 
@@ -107,3 +110,61 @@ def test_smoke_training_step(smoke_run):
     assert (smoke_run / "figures" / "05_learning_curves.png").exists()
     records = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["total"]) for r in records if r["kind"] == "train")
+
+
+def test_smoke_evaluation_step(smoke_run, arc1_evaluation, hand_count):
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    predictions = json.loads((smoke_run / "predictions.json").read_text())
+    tasks = list(arc1_evaluation.subset(sc.PROFILES["smoke"]["max_tasks"]))
+    # predictions.json: every evaluation task, one entry per test input, two ARC grids each
+    assert sorted(predictions) == sorted(t.id for t in tasks)
+    for task in tasks:
+        assert len(predictions[task.id]) == len(task.test)
+        for entry in predictions[task.id]:
+            assert set(entry) == {"attempt_1", "attempt_2"}
+            for grid in map(np.array, entry.values()):
+                assert grid.ndim == 2 and 1 <= min(grid.shape) and max(grid.shape) <= 30
+                assert 0 <= grid.min() and grid.max() <= 9
+    # the scores equal a count by hand from that file and the answers; the baseline likewise
+    counted = hand_count([(t.id, [np.array(e["attempt_1"]), np.array(e["attempt_2"])], p.output)
+                          for t in tasks for e, p in zip(predictions[t.id], t.test)])
+    for key, value in counted.items():
+        assert metrics["scores"][key] == pytest.approx(value), key
+    copy = hand_count([(t.id, [p.input], p.output) for t in tasks for p in t.test])
+    assert metrics["copy_baseline"]["pixel"] == pytest.approx(copy["pixel"])
+    assert metrics["copy_baseline"]["solved"] == pytest.approx(copy["pass@1"])
+    assert metrics["split"]["versions"] == sc.PROFILES["smoke"]["augmentations"]
+    # speed: the features student's time holds its teacher's; the stand-in is named as such
+    rows = metrics["speed"]["rows"]
+    teacher = next(r for r in rows if r["model"].startswith("teacher"))
+    assert "carry no knowledge" in teacher["model"]
+    assert rows[-1]["ms_batch1"] > teacher["ms_batch1"] > 0 and rows[0]["ms_batch1"] > 0
+    assert rows[-1]["parameters"] > teacher["parameters"]
+    # alignment against the stand-in's features, attention honestly not computed
+    align = metrics["alignment"]
+    assert align["computed"] and align["projection_trained"] and "carry no knowledge" in align["teacher"]
+    assert len(align["matched"]) == metrics["split"]["test_pairs"]
+    assert all(-1 <= c <= 1 for c in align["matched"] + align["mismatched"])
+    assert not metrics["attention"]["computed"] and "stand-in" in metrics["attention"]["reason"]
+    # the report links figures that exist; no widget was built in the headless run
+    report = (smoke_run / "report.md").read_text()
+    links = re.findall(r"\]\((figures/[^)]+)\)", report)
+    assert len(links) >= 6 and all((smoke_run / link).exists() for link in links)
+    assert "carry no knowledge" in report
+    executed = nbformat.read(smoke_run / "notebooks" / "06_evaluation.ipynb", as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+
+
+def test_evaluate_command_reruns_06_on_a_run_folder_and_keeps_its_record(smoke_run, tmp_path, capsys):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(smoke_run, run_dir)
+    for name in ("report.md", "metrics.json", "predictions.json"):
+        (run_dir / name).unlink()
+    assert sc.main(["evaluate", "--run-dir", str(run_dir), "--device", "cpu", "--profile", "smoke"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2] == f"report: {run_dir.resolve() / 'report.md'}"
+    assert re.match(r"scored \d+ tasks \(\d+ test pairs x 2 versions\) in [\d.]+ s on cpu", lines[-1])
+    record = json.loads((run_dir / "run.json").read_text())
+    assert list(record["notebooks"]) == [p.stem for p in NOTEBOOKS]   # the earlier steps' record stays
+    assert all((run_dir / name).exists() for name in ("report.md", "metrics.json", "predictions.json"))

@@ -68,3 +68,36 @@ def test_train_command_then_voted_evaluation_writes_scores_and_predictions(tmp_p
     predictions = json.loads((tmp_path / "predictions.json").read_text())
     assert len(predictions) == test["tasks"]
     assert all({"attempt_1", "attempt_2"} == set(a) for v in predictions.values() for a in v)
+
+
+def test_every_version_is_mapped_back_before_the_vote_and_a_tie_goes_to_the_identity():
+    task = make_task()
+    split = sc.Split("x", {"t1": task}, [], [], [sc.Example("t1", "test", i) for i in range(2)])
+    versions = sc.task_versions(split.tasks, 4, seed=5)
+    right = [p.output for p in task.test]
+    wrong = np.array([[7, 7, 7]], np.uint8)
+    # What each version predicts, in the original frame: test 0 right in 3 of 4 versions;
+    # test 1 a 2-2 tie between a wrong grid (the identity version's) and the right one.
+    plan = [[right[0], right[0], right[0], wrong], [wrong, right[1], wrong, right[1]]]
+    assert any(aug.apply(wrong).shape != wrong.shape for aug in versions["t1"])   # the inverse turns it back
+    cells = np.stack([sc.encode_grid(versions["t1"][v].apply(plan[e][v])) for e in range(2) for v in range(4)])
+    records = sc.voted_predictions(split, "test", cells, split.test, versions)
+    assert records[0]["votes"] == [3, 1] and records[0]["attempts"][0].tolist() == right[0].tolist()
+    assert records[1]["votes"] == [2, 2]
+    assert [a.tolist() for a in records[1]["attempts"]] == [wrong.tolist(), right[1].tolist()]
+    assert [c.tolist() for c in records[1]["candidates"]] == [g.tolist() for g in plan[1]]
+    s = sc.score_voted(records, split)
+    assert s["pass@1"] == 0.0 and s["pass@2"] == 1.0 and s["exact"] == 0.5
+
+
+def test_a_version_that_predicts_no_grid_is_left_out_of_the_vote():
+    task = make_task()
+    split = sc.Split("x", {"t1": task}, [], [], [sc.Example("t1", "test", 0)])
+    versions = sc.task_versions(split.tasks, 2, seed=0)
+    outside = np.full((30, 30), sc.OUTSIDE, np.uint8)
+    answer = sc.encode_grid(versions["t1"][1].apply(task.test[0].output))
+    (record,) = sc.voted_predictions(split, "test", np.stack([outside, answer]), split.test, versions)
+    assert record["votes"] == [1] and record["attempts"][0].tolist() == task.test[0].output.tolist()
+    assert record["candidates"][0].size == 0
+    (record,) = sc.voted_predictions(split, "test", np.stack([outside, outside]), split.test, versions)
+    assert record["votes"] == [0] and record["attempts"][0].tolist() == [[0]]
