@@ -2516,6 +2516,9 @@ def evaluate_run(checkpoint: str | os.PathLike, store_dir: str | os.PathLike,
     device = resolve_device(device)
     ck = load_checkpoint(checkpoint)
     cfg = ck["meta"]["config"]
+    if cfg["student"]["student"] != "grid":
+        raise ValueError(f"{checkpoint} holds a {cfg['student']['student']} student; this evaluation "
+                         "scores grid students (voting needs their per-version task embeddings)")
     split = config_split(DataConfig(**cfg["data"]), cfg["run"]["seed"])
     scores, records = evaluate_checkpoint(checkpoint, split, "test", device)
     versions = task_versions(split.tasks, cfg["data"]["augmentations"], cfg["run"]["seed"])
