@@ -2217,9 +2217,12 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     teacher_dim = teacher_pooled.shape[1] if teacher_pooled is not None else sc_.width
 
     # --- model, loss (with its projection), optimizer; resume if asked ---
-    tokens_shape = train_bank.tokens.shape[1:] if features else (0, 0)
-    model = build_student(sc_, len(ids), teacher_dim=tokens_shape[1],
-                          max_tokens=max(tokens_shape[0], val_bank.tokens.shape[1] if features else 0)).to(device)
+    if features:
+        model = build_student(sc_, teacher_dim=train_bank.tokens.shape[2],
+                              max_tokens=max(train_bank.tokens.shape[1], val_bank.tokens.shape[1]))
+    else:
+        model = build_student(sc_, len(ids))
+    model = model.to(device)
     loss_fn = DistillLoss(lc, sc_.width, teacher_dim).to(device)
     loss_fn.project.requires_grad_(teacher_pooled is not None)   # unused without feature targets
     opt = make_optimizer(model, loss_fn, tc)
@@ -3185,6 +3188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--gpus", type=int, help="processes for training and the store build (torchrun, DDP)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="any other parameters, e.g. seconds_budget=300 teacher_preset=tiny")
     p.add_argument("--run-id", help="folder name under runs/ (default: a timestamp)")
     p.add_argument("--runs-root", default=str(ROOT / "runs"))
     p.add_argument("--from", dest="start", metavar="NB", help="start at this notebook (e.g. 02)")
@@ -3217,8 +3222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "pipeline":
         record = run_pipeline(args.profile, args.device, args.run_id, args.runs_root, args.start,
-                              args.only, batch_size=args.batch_size, epochs=args.epochs,
-                              seed=args.seed, gpus=args.gpus)
+                              args.only, **{"batch_size": args.batch_size, "epochs": args.epochs,
+                                            "seed": args.seed, "gpus": args.gpus, **parse_overrides(args.set)})
         return 0 if record["status"] == "ok" else 1
     if args.command == "extract":
         if args.config:
