@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 __all__ = [
     # shared helpers
-    "resolve_device", "seed_everything", "markdown_table",
+    "resolve_device", "seed_everything", "distributed_rank", "init_distributed", "markdown_table",
     # 1. Grids and palette
     "MAX_GRID", "OUTSIDE", "NUM_CLASSES", "CELL_PX", "PALETTE", "OUTSIDE_RGB", "PALETTE_HEX",
     "encode_grid", "decode_grid", "grid_shape",
@@ -81,10 +81,10 @@ __all__ = [
     "evaluation_report", "write_evaluation",
     # 11. Configuration and runs
     "RunConfig", "DataConfig", "PROFILES", "CONFIG_CLASSES", "build_config", "resolve_profile",
-    "config_params", "parse_overrides",
-    "Run", "open_run", "environment_record",
+    "config_params", "parse_overrides", "flat_config",
+    "Run", "open_run", "environment_record", "store_path", "training_store",
     # 12. Pipeline runner and CLI
-    "ROOT", "list_notebooks", "run_pipeline", "BENCHMARKS", "run_bench", "main",
+    "ROOT", "list_notebooks", "run_pipeline", "torchrun", "BENCHMARKS", "run_bench", "main",
     # 13. Notebook widgets
     "inspector",
 ]
@@ -115,6 +115,42 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, number of processes) of this process: (0, 1) unless torchrun started it."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init_distributed(device: str) -> str:
+    """Join torchrun's process group once (NCCL on GPUs, gloo on the CPU) and return this
+    process's device: cuda:<local rank> on GPUs. A single process is left as it is."""
+    import torch.distributed as dist
+    if distributed_rank()[1] == 1:
+        return device
+    if device.startswith("cuda"):
+        if device != "cuda":
+            raise ValueError(f"under torchrun each process takes the GPU of its local rank: set "
+                             f"device to auto or cuda, not {device!r}")
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return device
+
+
+def sum_over_ranks(x: "torch.Tensor") -> "torch.Tensor":
+    """x summed over every process (in place); x itself for a single process."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(x)
+    return x
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _jsonable(obj: Any) -> Any:
@@ -1300,30 +1336,33 @@ def build_feature_store(teacher: Teacher, split: Split, store_dir: str | os.Path
     overwritten). Per example it keeps the pooled feature vector (D) in bf16, the teacher's
     per-cell logits where it has them, and every token's features with store_tokens.
     Observations for the next batch are built on a CPU thread while the teacher runs.
+    Under torchrun each process takes every n-th unfinished task and writes its own shards;
+    rank 0 merges the counts and timings into the manifest once all have finished.
     Returns the manifest (also written to manifest.json)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
+    rank, world = distributed_rank()
     store = Path(store_dir)
     (store / "shards").mkdir(parents=True, exist_ok=True)
     identity = store_identity(teacher, store_tokens)
     config_hash = _identity_hash(identity)
     id_path = store / "identity.json"
-    if id_path.exists():
-        found = json.loads(id_path.read_text())
-        if found.get("config_hash") != config_hash:
-            raise StoreMismatch(f"{store} holds features of {found.get('identity')}, not of "
-                                f"{identity}; choose another store_dir or delete that folder")
-    else:
+    if rank == 0 and not id_path.exists():
         _write_json(id_path, {"config_hash": config_hash, "identity": identity})
+    barrier()
+    found = json.loads(id_path.read_text())
+    if found.get("config_hash") != config_hash:
+        raise StoreMismatch(f"{store} holds features of {found.get('identity')}, not of "
+                            f"{identity}; choose another store_dir or delete that folder")
     by_task = _examples_by_task(split)
     todo = [t for t, exs in by_task.items()
             if not _shard_ok(_shard_path(store, t), exs, config_hash, teacher.feature_dim)]
-    queue = [ex for t in todo for ex in by_task[t]]
+    queue = [ex for t in todo[rank::world] for ex in by_task[t]]
     batches = [queue[i:i + batch_size] for i in range(0, len(queue), batch_size)]
     pending: dict[str, dict[str, list[torch.Tensor]]] = {}
     model_seconds, t0 = 0.0, time.perf_counter()
-    bar = tqdm(total=len(queue), desc=f"teacher {teacher.name}", unit="ex", disable=not progress)
+    bar = tqdm(total=len(queue), desc=f"teacher {teacher.name}", unit="ex", disable=not progress or rank > 0)
     with ThreadPoolExecutor(1) as pool:
         next_obs = pool.submit(make_observations, split.tasks, batches[0]) if batches else None
         for i, batch in enumerate(batches):
@@ -1349,25 +1388,36 @@ def build_feature_store(teacher: Teacher, split: Split, store_dir: str | os.Path
                                  config_hash)
             bar.update(len(batch))
     bar.close()
-    seconds = time.perf_counter() - t0
+    # Merge the processes' counts: wall time is the slowest one's; the model-only time is the
+    # processes' mean, so both rates count all of them and their ratio stays comparable.
+    counts = [(len(queue), model_seconds, time.perf_counter() - t0)]
+    if world > 1:
+        import torch.distributed as dist
+        counts = [None] * world
+        dist.all_gather_object(counts, (len(queue), model_seconds, time.perf_counter() - t0))
+    computed, model_seconds = sum(c[0] for c in counts), sum(c[1] for c in counts) / world
+    seconds = max(c[2] for c in counts)
     shard_bytes = sum(_shard_path(store, t).stat().st_size for t in by_task)
     n = sum(len(v) for v in by_task.values())
     manifest = {
         "config_hash": config_hash, "identity": identity, **teacher.describe(),
         "built": _now(), "tasks": len(by_task), "examples": n,
         "examples_by_part": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
-        "split": split.name, "computed_now": len(queue), "reused_shards": len(by_task) - len(todo),
+        "split": split.name, "computed_now": computed, "reused_shards": len(by_task) - len(todo),
+        "processes": world,
         "tensors": {"pooled": ["bf16", [teacher.feature_dim]]}
         | ({"tokens": ["bf16", ["N", teacher.feature_dim]]} if store_tokens else {}),
-        "seconds_per_example": seconds / len(queue) if queue else None,
-        "model_seconds_per_example": model_seconds / len(queue) if queue else None,
+        "seconds_per_example": seconds / computed if computed else None,
+        "model_seconds_per_example": model_seconds / computed if computed else None,
         "bytes_per_example": shard_bytes / max(n, 1),
     }
     previous = store / "manifest.json"
-    if not queue and previous.exists():   # everything reused: keep the timings of the real build
+    if not computed and previous.exists():   # everything reused: keep the timings of the real build
         old = json.loads(previous.read_text())
         manifest.update({k: old.get(k) for k in ("seconds_per_example", "model_seconds_per_example")})
-    _write_json(previous, manifest)
+    barrier()   # every process has read the old manifest before rank 0 replaces it
+    if rank == 0:
+        _write_json(previous, manifest)
     return manifest
 
 
@@ -1379,7 +1429,8 @@ def extract_features(cfg: dict[str, Any], store_dir: str | os.PathLike) -> dict[
     options = teacher_options(cfg["teacher"])
     if cfg["teacher"].teacher == "groot":
         options["states"] = make_observations(split.tasks, split.train + split.val + split.test).state
-    teacher = load_teacher(cfg["teacher"].teacher, cfg["run"].device, **options)
+    device = init_distributed(resolve_device(cfg["run"].device))
+    teacher = load_teacher(cfg["teacher"].teacher, device, **options)
     return build_feature_store(teacher, split, store_dir, cfg["run"].batch_size, cfg["store"].store_tokens)
 
 
@@ -1407,6 +1458,17 @@ class FeatureStore:
 
     def load(self, examples: Sequence[Example], key: str = "pooled") -> torch.Tensor:
         """Stacked targets of `examples` in their order, e.g. pooled -> (n, D)."""
+        return torch.stack(self._rows(examples, key))
+
+    def load_tokens(self, examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token's features (n, N, D) and their mask (n, N), padded to the longest
+        observation: the input of the features student (a store built with store_tokens)."""
+        from torch.nn.utils.rnn import pad_sequence
+        tokens = pad_sequence(self._rows(examples, "tokens"), batch_first=True)
+        mask = pad_sequence(self._rows(examples, "token_mask"), batch_first=True, padding_value=False)
+        return tokens, mask
+
+    def _rows(self, examples: Sequence[Example], key: str) -> list[torch.Tensor]:
         from safetensors import safe_open
         from safetensors.torch import load_file
         shards: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}
@@ -1423,7 +1485,7 @@ class FeatureStore:
             if key not in tensors:
                 raise StoreMismatch(f"{self.dir} keeps no {key!r} (has {sorted(tensors)})")
             rows.append(tensors[key][index[(ex.kind, ex.index)]])
-        return torch.stack(rows)
+        return rows
 
 
 # =====================================================================================
@@ -1856,6 +1918,8 @@ class ExampleBank:
     side: torch.Tensor         # (R,) canvas side of the example's task
     task_index: torch.Tensor   # (R,) long, embedding row of (task, version)
     example_index: torch.Tensor   # (R,) long, row of the example in `examples`
+    tokens: torch.Tensor | None = None       # (R, N, D) teacher tokens, features student only
+    token_mask: torch.Tensor | None = None   # (R, N) True for real tokens
 
 
 def task_versions(tasks: dict[str, Task], versions: int, seed: int) -> dict[str, list[Augmentation]]:
@@ -1893,11 +1957,13 @@ def make_bank(split: Split, part: str, versions: dict[str, list[Augmentation]], 
 
 
 def epoch_batches(bank: ExampleBank, tokens_per_batch: int, task_tokens: int, seed: int,
-                  epoch: int) -> list[torch.Tensor]:
+                  epoch: int, min_rows: int = 1) -> list[torch.Tensor]:
     """One epoch: every (example, version) row once, shuffled, in batches of one canvas side.
 
     Batches hold about `tokens_per_batch` tokens (so small canvases take more examples per
-    step). The order is a pure function of (seed, epoch): a resumed run replays it exactly."""
+    step). The order is a pure function of (seed, epoch), whatever the number of processes: a
+    resumed run replays it exactly, with as many processes as before or not. A batch smaller
+    than `min_rows` (the number of processes, so each gets a row) repeats its rows."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     rows = torch.randperm(len(bank.cells), generator=g)
     sides = bank.side.cpu()[rows]
@@ -1905,15 +1971,24 @@ def epoch_batches(bank: ExampleBank, tokens_per_batch: int, task_tokens: int, se
     for s in sorted(set(sides.tolist())):
         group = rows[sides == s]
         size = max(1, tokens_per_batch // (s * s + task_tokens))
-        batches += list(group.split(size))
+        batches += [b if len(b) >= min_rows else b.repeat(min_rows)[:min_rows] for b in group.split(size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
 
-def batch_inputs(bank: ExampleBank, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Canvas cells (B, s, s) long, task rows (B,), targets (B, 30, 30) long for batch rows."""
+def rank_rows(rows: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This process's share of a batch: consecutive slices, sizes differing by at most one."""
+    return rows.tensor_split(world)[rank]
+
+
+def batch_inputs(bank: ExampleBank, rows: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """The student's inputs for batch rows and their targets (B, 30, 30) long: canvas cells
+    (B, s, s) and task rows (B,) for the grid student; tokens and mask for the features one."""
     rows = rows.to(bank.cells.device)
+    target = bank.target[rows].long()
+    if bank.tokens is not None:
+        return (bank.tokens[rows], bank.token_mask[rows]), target
     s = int(bank.side[rows[0]])
-    return (bank.cells[rows, :s, :s].long(), bank.task_index[rows], bank.target[rows].long())
+    return (bank.cells[rows, :s, :s].long(), bank.task_index[rows]), target
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -1940,13 +2015,26 @@ def make_optimizer(model: torch.nn.Module, loss: torch.nn.Module, cfg: TrainConf
                              fused=fused or None)
 
 
+def example_tokens(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """Tokens the encoder sees per example of a batch: canvas cells plus task tokens for the
+    grid student, teacher tokens for the features student."""
+    if isinstance(model, GridStudent):
+        return inputs[0].shape[1] * inputs[0].shape[2] + model.cfg.task_tokens
+    return inputs[0].shape[1]
+
+
 def flops_per_example(model: torch.nn.Module, tokens: int) -> float:
     """Training FLOPs of one example (forward + backward): 6 x weights x tokens for the matrix
-    products, plus attention's 12 x layers x tokens^2 x width (the PaLM accounting)."""
+    products, plus attention's 12 x layers x tokens^2 x width (the PaLM accounting). The
+    features student adds its input projection per token and its decoder once per example."""
     cfg = model.cfg
     dense = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder") and p.dim() == 2)
-    dense += model.head.weight.numel() if hasattr(model, "head") else 0
-    return cfg.refine_steps * (6 * dense * tokens + 12 * cfg.depth * tokens ** 2 * cfg.width)
+    if isinstance(model, GridStudent):
+        dense += model.head.weight.numel()
+        return cfg.refine_steps * (6 * dense * tokens + 12 * cfg.depth * tokens ** 2 * cfg.width)
+    decoder = sum(p.numel() for p in model.decoder.parameters() if p.dim() == 2)
+    dense += model.project.weight.numel()
+    return 6 * dense * tokens + 12 * cfg.depth * tokens ** 2 * cfg.width + 6 * decoder
 
 
 def peak_flops(device: str) -> float | None:
@@ -1969,33 +2057,35 @@ class TrainState:
     seconds: float = 0.0
 
 
-def _rng_state() -> dict[str, Any]:
-    """Every global RNG, as tensors and plain values (so checkpoints load with weights_only)."""
+def _rng_state(device: str) -> dict[str, Any]:
+    """Every global RNG (the training device's for CUDA), as tensors and plain values, so
+    checkpoints load with weights_only."""
     import random
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: str) -> None:
     import random
     torch.set_rng_state(state["torch"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.startswith("cuda"):
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_checkpoint(path: Path, model, loss, optimizer, state: TrainState, meta: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, model, loss, optimizer, state: TrainState, meta: dict[str, Any],
+                    device: str = "cpu") -> None:
     """Model, projection, optimizer, RNG and loop state, config and task ids: atomically."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"model": model.state_dict(), "loss": loss.state_dict(),
                 "optimizer": optimizer.state_dict(), "state": dataclasses.asdict(state),
-                "rng": _rng_state(), "meta": _jsonable(meta)}, tmp)
+                "rng": _rng_state(device), "meta": _jsonable(meta)}, tmp)
     os.replace(tmp, path)
 
 
@@ -2038,33 +2128,79 @@ def predict_rows(model: torch.nn.Module, bank: ExampleBank, rows: torch.Tensor, 
     for s in sorted(set(sides.tolist())):
         where = torch.nonzero(sides == s).flatten()
         for chunk in where.split(batch_size):
-            cells, tidx, _ = batch_inputs(bank, rows[chunk])
+            inputs, _ = batch_inputs(bank, rows[chunk])
             with torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
-                out[chunk.to(out.device)] = model(cells, tidx).logits.argmax(-1)
+                out[chunk.to(out.device)] = model(*inputs).logits.argmax(-1)
     model.train()
     return out
 
 
 def validate(model, bank: ExampleBank, device: str) -> dict[str, float]:
-    """Cell accuracy and exact grids on the identity version of every bank example."""
-    rows = torch.arange(len(bank.examples)) * bank.versions
-    if len(rows) == 0:
-        return {"pixel": 0.0, "exact": 0.0}
-    pixel, exact = grid_scores(predict_rows(model, bank, rows, device), bank.target[rows.to(bank.target.device)].long())
-    return {"pixel": pixel.mean().item(), "exact": exact.float().mean().item()}
+    """Cell accuracy and exact grids on the identity version of every bank example; under
+    torchrun each process scores every n-th example and the sums are combined."""
+    rank, world = distributed_rank()
+    rows = (torch.arange(len(bank.examples)) * bank.versions)[rank::world]
+    sums = torch.zeros(2, device=bank.target.device)
+    if len(rows):
+        pixel, exact = grid_scores(predict_rows(model, bank, rows, device), bank.target[rows.to(bank.target.device)].long())
+        sums += torch.stack([pixel.sum(), exact.float().sum()])
+    pixel, exact = (sum_over_ranks(sums) / max(1, len(bank.examples))).tolist()
+    return {"pixel": pixel, "exact": exact}
+
+
+class TrainingStep(torch.nn.Module):
+    """Student and loss as one module, so that DDP averages the projection's gradients too."""
+
+    def __init__(self, model: torch.nn.Module, loss: torch.nn.Module):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, inputs, target, teacher_pooled=None, teacher_logits=None):
+        out = self.model(*inputs)
+        return out, self.loss(out, target, teacher_pooled, None, teacher_logits)
+
+
+def with_tokens(bank: ExampleBank, store: "FeatureStore", device: str) -> ExampleBank:
+    """The bank with its examples' stored teacher tokens, as one group of fixed-size batches
+    (the features student has no canvas)."""
+    tokens, mask = store.load_tokens(bank.examples)
+    return dataclasses.replace(bank, side=torch.full_like(bank.side, MAX_GRID),
+                               tokens=tokens.to(device), token_mask=mask.to(device))
+
+
+def _any_process(flag: bool, device: str) -> bool:
+    """True where any process says so: a collective under torchrun, the flag itself otherwise."""
+    if distributed_rank()[1] == 1:
+        return flag
+    return bool(sum_over_ranks(torch.tensor([float(flag)], device=device)).item())
+
+
+def _replicas_identical(params: Sequence[torch.Tensor]) -> bool:
+    """Whether every process holds the same weights as rank 0 (a checksum per tensor)."""
+    import torch.distributed as dist
+    if distributed_rank()[1] == 1:
+        return True
+    mine = torch.stack([p.detach().double().sum() for p in params])
+    reference = mine.clone()
+    dist.broadcast(reference, 0)
+    return sum_over_ranks((mine != reference).any().double().reshape(1)).item() == 0
 
 
 def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
           store: "FeatureStore | None" = None, progress: bool = True) -> dict[str, Any]:
-    """Train a grid student on split.train in augmented versions; validate on split.val each
-    epoch; keep best and last checkpoints. Read top to bottom; returns the run's summary."""
+    """Train a student on split.train; validate on split.val each epoch; keep best and last
+    checkpoints. The grid student sees every training pair in augmented versions; the features
+    student reads the teacher's stored tokens of the original pairs. Under torchrun it trains
+    data-parallel (DDP): each batch is split across the processes, gradients are averaged,
+    rank 0 alone writes checkpoints, metrics and logs, and a checkpoint resumes with any number
+    of processes. Read top to bottom; returns the run's summary."""
+    from torch.nn.parallel import DistributedDataParallel
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
     rc, dc, sc_, lc, tc = cfg["run"], cfg["data"], cfg["student"], cfg["loss"], cfg["train"]
-    if sc_.student != "grid":
-        raise ValueError("only the grid student is trained by this loop; training the features "
-                         "student from stored tokens is not built yet")
-    device = resolve_device(rc.device)
+    rank, world = distributed_rank()
+    lead = rank == 0                  # the one process that writes
+    device = init_distributed(resolve_device(rc.device))
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -2072,20 +2208,25 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     if last.exists() and not tc.resume:   # checked before any work: nothing is overwritten
         raise FileExistsError(f"{last} exists: set resume=True to continue that run, or train "
                               "into another run folder (nothing was overwritten)")
-    seed_everything(rc.seed)
+    seed_everything(rc.seed)              # the same initial weights in every process
 
     # --- data: every (example, version) encoded once, on the device ---
-    versions = task_versions(split.tasks, dc.augmentations, rc.seed)
+    features = sc_.student == "features"
+    # The teacher saw each pair once, in its original orientation; its tokens cannot follow an
+    # augmentation, so the features student trains on the original pairs only.
+    versions = task_versions(split.tasks, 1 if features else dc.augmentations, rc.seed)
     ids = version_ids(split.tasks, versions)
     train_bank = make_bank(split, "train", versions, sc_.canvas_bucket, device)
     val_bank = make_bank(split, "val", versions, sc_.canvas_bucket, device)
-    uses_teacher = lc.w_feat > 0 or lc.w_kd > 0
-    if uses_teacher and store is None:
-        raise StoreMismatch("the loss has teacher terms (w_feat or w_kd > 0) but no feature store was "
-                            "given: build one (notebook 02) or set w_feat=0 and w_kd=0")
+    if (features or lc.w_feat > 0 or lc.w_kd > 0) and store is None:
+        raise StoreMismatch("this run needs teacher targets (the features student, or w_feat or w_kd "
+                            "> 0) but no feature store was given: build one (notebook 02) or set "
+                            "w_feat=0 and w_kd=0 for the grid student")
+    if features:
+        train_bank, val_bank = with_tokens(train_bank, store, device), with_tokens(val_bank, store, device)
     # Pooled targets belong to the original orientation and serve every version of an example;
     # per-cell logits are mapped into each version like its grids.
-    teacher_pooled = store.load(train_bank.examples).to(device).float() if uses_teacher else None
+    teacher_pooled = store.load(train_bank.examples).to(device).float() if lc.w_feat > 0 else None
     teacher_logits = None
     if lc.w_kd > 0:
         base = store.load(train_bank.examples, "cell_logits").float().numpy()
@@ -2096,8 +2237,14 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     teacher_dim = teacher_pooled.shape[1] if teacher_pooled is not None else sc_.width
 
     # --- model, loss (with its projection), optimizer; resume if asked ---
-    model = build_student(sc_, len(ids)).to(device)
+    if features:
+        model = build_student(sc_, teacher_dim=train_bank.tokens.shape[2],
+                              max_tokens=max(train_bank.tokens.shape[1], val_bank.tokens.shape[1]))
+    else:
+        model = build_student(sc_, len(ids))
+    model = model.to(device)
     loss_fn = DistillLoss(lc, sc_.width, teacher_dim).to(device)
+    loss_fn.project.requires_grad_(teacher_pooled is not None)   # unused without feature targets
     opt = make_optimizer(model, loss_fn, tc)
     params = [p for g in opt.param_groups for p in g["params"]]
     if tc.compile and device.startswith("cuda"):
@@ -2105,8 +2252,11 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
         # (torch 2.11) on the canvas slicing, so only the encoder's blocks are compiled.
         for block in model.encoder.blocks:
             block.compile()
+    step_fn = TrainingStep(model, loss_fn)
+    if world > 1:
+        step_fn = DistributedDataParallel(step_fn, device_ids=[device] if device.startswith("cuda") else None)
     state = TrainState()
-    meta = {"config": cfg, "version_ids": ids, "n_versions": dc.augmentations,
+    meta = {"config": cfg, "version_ids": ids, "n_versions": train_bank.versions, "processes": world,
             "canvas": {t: canvas_side(task, sc_.canvas_bucket) for t, task in split.tasks.items()},
             "teacher": store.manifest.get("teacher") if store else None}
     if tc.resume and last.exists():
@@ -2115,21 +2265,34 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
         loss_fn.load_state_dict(ck["loss"])
         opt.load_state_dict(ck["optimizer"])
         state = TrainState(**ck["state"])
-        _set_rng_state(ck["rng"])
-        print(f"resumed from {last} at step {state.step} (epoch {state.epoch})")
+        _set_rng_state(ck["rng"], device)
+        if lead:
+            print(f"resumed from {last} at step {state.step} (epoch {state.epoch}), written by "
+                  f"{ck['meta'].get('processes', 1)} process(es), continuing with {world}")
+    if rank:   # nothing below draws random numbers yet; anything that will (dropout) must differ
+        seed_everything(rc.seed + rank)
     tokens_per_batch = rc.batch_size * (MAX_GRID * MAX_GRID + sc_.task_tokens)
-    steps_per_epoch = len(epoch_batches(train_bank, tokens_per_batch, sc_.task_tokens, rc.seed, 0))
-    total = rc.epochs * steps_per_epoch
+
+    def batches_of(epoch: int) -> list[torch.Tensor]:   # global batches, the same for any world
+        return epoch_batches(train_bank, tokens_per_batch, sc_.task_tokens, rc.seed, epoch, world)
+
+    total = rc.epochs * len(batches_of(0))
     peak = peak_flops(device)
-    metrics = open(run_dir / "metrics.jsonl", "a")
-    tb = SummaryWriter(str(run_dir / "tensorboard"))
-    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not progress)
+    metrics = open(run_dir / "metrics.jsonl", "a") if lead else None
+    tb = SummaryWriter(str(run_dir / "tensorboard")) if lead else None
+    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not (progress and lead))
     window = {"examples": 0, "flops": 0.0, "t": time.perf_counter()}
     clock = time.perf_counter() - state.seconds
     pending = None         # the previous step's loss parts, checked one step late (no sync)
     stop_reason = "epochs"
 
+    def say(line: str) -> None:
+        if lead:
+            bar.write(line)
+
     def record(kind: str, values: dict[str, float]) -> None:
+        if not lead:
+            return
         metrics.write(json.dumps({"kind": kind, "step": state.step, "epoch": state.epoch, **values}) + "\n")
         metrics.flush()
         for k, v in values.items():
@@ -2146,57 +2309,69 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
                                    f"stopped, the last good checkpoint is {last}")
 
     def save(path: Path) -> None:
-        state.seconds = time.perf_counter() - clock
-        save_checkpoint(path, model, loss_fn, opt, state, meta)
+        if lead:
+            state.seconds = time.perf_counter() - clock
+            save_checkpoint(path, model, loss_fn, opt, state, meta, device)
+
+    def mean_over_processes(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if world == 1:
+            return values
+        stacked = sum_over_ranks(torch.stack(list(values.values())).float()) / world
+        return dict(zip(values, stacked))
 
     try:
         while state.epoch < rc.epochs and stop_reason == "epochs":
-            batches = epoch_batches(train_bank, tokens_per_batch, sc_.task_tokens, rc.seed, state.epoch)
+            batches = batches_of(state.epoch)
             for rows in batches[state.batch_in_epoch:]:
                 # learning rate for this step
                 scale = lr_at(state.step, total, tc)
                 for g in opt.param_groups:
                     g["lr"] = tc.lr * scale * g["lr_scale"]
-                # loss and metrics
-                cells, task_index, target = batch_inputs(train_bank, rows)
-                pooled_t = teacher_pooled[train_bank.example_index[rows.to(device)]] if uses_teacher else None
+                # loss on this process's share of the batch
+                mine = rank_rows(rows, rank, world).to(device)
+                inputs, target = batch_inputs(train_bank, mine)
                 with torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
-                    out = model(cells, task_index)
-                    parts = loss_fn(out, target, pooled_t, None,
-                                    teacher_logits[rows.to(device)] if teacher_logits is not None else None)
+                    out, parts = step_fn(
+                        inputs, target,
+                        teacher_pooled[train_bank.example_index[mine]] if teacher_pooled is not None else None,
+                        teacher_logits[mine] if teacher_logits is not None else None)
+                # Each process's loss is a mean over its rows: weighted by its share of the
+                # batch, DDP's average of gradients is the gradient of the whole batch's mean.
+                share = len(mine) * world / len(rows)
                 # backward, clip, step
                 opt.zero_grad(set_to_none=True)
-                parts["total"].backward()
+                (parts["total"] * share).backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
                 opt.step()
                 check(pending)
-                pending = (state.step, {k: v.detach() for k, v in parts.items()})
+                pending = (state.step, mean_over_processes({k: v.detach() * share for k, v in parts.items()}))
                 state.step += 1
                 state.batch_in_epoch += 1
                 bar.update(1)
-                s = cells.shape[1]
                 window["examples"] += len(rows)
-                window["flops"] += len(rows) * flops_per_example(model, s * s + sc_.task_tokens)
+                window["flops"] += len(rows) * flops_per_example(model, example_tokens(model, inputs))
                 # one log line every log_every steps
                 if state.step % tc.log_every == 0:
                     check(pending)
                     dt = time.perf_counter() - window["t"]
-                    cell_acc = grid_scores(out.logits.argmax(-1), target)[0].mean().item()
-                    values = {k: v.item() for k, v in parts.items()}
-                    values.update(cell_acc=cell_acc, lr=tc.lr * scale, grad_norm=grad_norm.item(),
+                    values = {k: v.item() for k, v in pending[1].items()}
+                    cell_acc = grid_scores(out.logits.argmax(-1), target)[0].mean() * share
+                    values.update(cell_acc=mean_over_processes({"a": cell_acc})["a"].item(),
+                                  lr=tc.lr * scale, grad_norm=grad_norm.item(),
                                   examples_per_s=window["examples"] / dt,
-                                  mfu=window["flops"] / dt / peak if peak else None)
+                                  mfu=window["flops"] / dt / (peak * world) if peak else None)
                     record("train", values)
                     mfu = f", mfu {100 * values['mfu']:.1f}%" if peak else ""
-                    bar.write(f"step {state.step}/{total}: loss {values['total']:.4f} (task {values['task']:.4f}"
-                              + (f", feat {values['feat']:.4f}" if "feat" in values else "")
-                              + f"), cell acc {cell_acc:.3f}, lr {values['lr']:.2e}, grad {values['grad_norm']:.2f},"
-                              f" {values['examples_per_s']:.0f} ex/s{mfu}")
+                    say(f"step {state.step}/{total}: loss {values['total']:.4f} (task {values['task']:.4f}"
+                        + (f", feat {values['feat']:.4f}" if "feat" in values else "")
+                        + f"), cell acc {values['cell_acc']:.3f}, lr {values['lr']:.2e}, grad "
+                        f"{values['grad_norm']:.2f}, {values['examples_per_s']:.0f} ex/s{mfu}")
                     window.update(examples=0, flops=0.0, t=time.perf_counter())
-                # stop at the step or wall-clock budget
+                # stop at the step or wall-clock budget (processes agree every 10 steps)
                 if tc.max_steps and state.step >= tc.max_steps:
                     stop_reason = "max_steps"
-                elif tc.seconds_budget and time.perf_counter() - clock >= tc.seconds_budget:
+                elif tc.seconds_budget and (world == 1 or state.step % 10 == 0) and _any_process(
+                        time.perf_counter() - clock >= tc.seconds_budget, device):
                     stop_reason = "seconds_budget"
                 if stop_reason != "epochs":
                     break
@@ -2207,23 +2382,25 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
                 state.batch_in_epoch = 0
                 val = validate(model, val_bank, device)
                 record("val", val)
-                tb.flush()
+                if lead:
+                    tb.flush()
                 improved = val["exact"] > state.best_exact
                 if improved:
                     state.best_exact, state.epochs_since_best = val["exact"], 0
                 else:
                     state.epochs_since_best += 1
-                bar.write(f"epoch {state.epoch}: val pixel {val['pixel']:.3f}, exact {val['exact']:.3f}"
-                          + (" (best)" if improved else ""))
+                say(f"epoch {state.epoch}: val pixel {val['pixel']:.3f}, exact {val['exact']:.3f}"
+                    + (" (best)" if improved else ""))
                 save(last)
-                if improved:
+                if improved and lead:
                     shutil.copy(last, best)
                 if state.epochs_since_best >= tc.patience:
                     stop_reason = "early_stopping"
                 window.update(examples=0, flops=0.0, t=time.perf_counter())   # rates exclude validation
     except KeyboardInterrupt:
         save(last)
-        print(f"interrupted: the last checkpoint is {last}")
+        if lead:
+            print(f"interrupted: the last checkpoint is {last}")
         raise
     check(pending)
     if stop_reason in ("max_steps", "seconds_budget"):   # a budget ended mid-epoch: score it too
@@ -2233,16 +2410,20 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
             state.best_exact = val["exact"]
             save(best)
     save(last)
-    if not best.exists():
-        shutil.copy(last, best)
+    identical = _replicas_identical(params)
     bar.close()
-    tb.close()
-    metrics.close()
-    from safetensors.torch import save_file
-    weights = load_checkpoint(best)["model"]
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(ckpt_dir / "best.safetensors"))
+    if lead:
+        if not best.exists():
+            shutil.copy(last, best)
+        tb.close()
+        metrics.close()
+        from safetensors.torch import save_file
+        weights = load_checkpoint(best)["model"]
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(ckpt_dir / "best.safetensors"))
+    barrier()   # the checkpoints exist before any process returns
     return {"steps": state.step, "epochs": state.epoch, "stop": stop_reason, "total_steps": total,
-            "best_val_exact": state.best_exact, "seconds": state.seconds, "device": device,
+            "best_val_exact": state.best_exact, "seconds": time.perf_counter() - clock, "device": device,
+            "processes": world, "replicas_identical": identical, "student": sc_.student,
             "parameters": sum(p.numel() for p in model.parameters()), "task_ids": len(ids),
             "train_rows": len(train_bank.examples), "checkpoint": str(best)}
 
@@ -3067,7 +3248,8 @@ class RunConfig:
     run_dir: str = "runs/manual"     # this run's folder
     profile: str = "default"         # smoke | default | full
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    batch_size: int = 64             # examples per step (training, teacher calls, evaluation)
+    batch_size: int = 64             # examples per step, all processes together (training, teacher, evaluation)
+    gpus: int = 1                    # processes on this host for training and the store build (torchrun)
     epochs: int = 20                 # passes over the training examples
     seed: int = 0                    # one seed for every random number generator
     interactive: bool = False        # build ipywidgets (JupyterLab only; headless runs skip them)
@@ -3148,6 +3330,13 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def flat_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """{field: value} of a built config but its profile: build_config(cfg["run"].profile,
+    **flat_config(cfg)) gives cfg back."""
+    return {k: v for section in cfg.values() for k, v in dataclasses.asdict(section).items()
+            if k != "profile"}
+
+
 def config_params(namespace: dict[str, Any]) -> dict[str, Any]:
     """The config fields defined in a namespace: a notebook passes globals() after its
     parameters cell, so every parameter it mirrors (and papermill injected) reaches the config."""
@@ -3225,15 +3414,28 @@ class Run:
 
     @property
     def store_dir(self) -> Path:
-        """The feature store of this run: store_dir when set, else <run>/feature_store."""
-        configured = self.config["store"].store_dir
-        return Path(configured) if configured else self.dir / "feature_store"
+        return store_path(self.config, self.dir)
 
     def read_summary(self, step: str) -> dict[str, Any]:
         path = self.dir / "steps" / f"{step}.json"
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run step {step} first")
         return json.loads(path.read_text())
+
+
+def store_path(cfg: dict[str, Any], run_dir: str | os.PathLike) -> Path:
+    """The feature store of a run: store_dir when set, else <run>/feature_store."""
+    configured = cfg["store"].store_dir
+    return Path(configured) if configured else Path(run_dir) / "feature_store"
+
+
+def training_store(cfg: dict[str, Any], run_dir: str | os.PathLike) -> FeatureStore | None:
+    """The feature store a training run reads, checked against the configured teacher; None
+    when it needs no teacher targets (grid student with w_feat = w_kd = 0)."""
+    loss = cfg["loss"]
+    if cfg["student"].student != "features" and not (loss.w_feat or loss.w_kd):
+        return None
+    return FeatureStore(store_path(cfg, run_dir)).check(cfg["teacher"].teacher)
 
 
 def open_run(step: str, profile: str = "default", **params: Any) -> Run:
@@ -3332,6 +3534,35 @@ def run_pipeline(profile: str = "default", device: str = "auto", run_id: str | N
     if (run_dir / "report.md").exists():
         print(f"report: {run_dir / 'report.md'}", flush=True)
     return record
+
+
+def torchrun(command: str, cfg: dict[str, Any], folder: str | os.PathLike) -> dict[str, Any]:
+    """Run `python -m sage_core <command>` (train or extract) with cfg in cfg['run'].gpus
+    processes under torchrun on this host (DDP; one GPU each) and return what rank 0 wrote:
+    the training summary or the store's manifest. The config travels as a JSON file in
+    `folder` (the run folder or the store); the processes' output is printed here."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    request = folder / f"{command}_request.json"
+    _write_json(request, {"profile": cfg["run"].profile, "params": flat_config(cfg)})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={cfg['run'].gpus}", "-m", "sage_core", command, "--config", str(request),
+           "--run-dir" if command == "train" else "--store", str(folder)]
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:   # through print, so a notebook shows it
+            print(line, end="", flush=True)
+    if proc.returncode:
+        raise RuntimeError(f"torchrun {command} with {cfg['run'].gpus} processes failed (exit code "
+                           f"{proc.returncode}); its output is above")
+    return json.loads((folder / ("train_summary.json" if command == "train" else "manifest.json")).read_text())
+
+
+def _finish_distributed() -> bool:
+    """Leave torchrun's process group; True for the process that reports (rank 0)."""
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return distributed_rank()[0] == 0
 
 
 def _timed(fn, repeat: int) -> float:
@@ -3433,7 +3664,9 @@ def bench_students(device: str = "auto") -> dict[str, Any]:
 
 def bench_train(device: str = "auto") -> dict[str, Any]:
     """Training throughput of the grid student on the ARC-AGI-1 protocol split: seed size and
-    batch 256 on CUDA (encoder blocks compiled), the cpu profile's small student on the CPU."""
+    batch 256 on CUDA (encoder blocks compiled), the cpu profile's small student on the CPU;
+    and the share of a step that building its batch takes (timed alone, synchronised: an
+    upper bound, since in training it overlaps the device's work)."""
     import tempfile
     device = resolve_device(device)
     cuda = device.startswith("cuda")
@@ -3444,13 +3677,65 @@ def bench_train(device: str = "auto") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         result = train(cfg, split, tmp, progress=False)
         logs = read_metrics(tmp)["train"][1:] or read_metrics(tmp)["train"]   # skip compile warm-up
+    rate = float(np.mean([r["examples_per_s"] for r in logs]))
+    sc_ = cfg["student"]
+    bank = make_bank(split, "train", task_versions(split.tasks, cfg["data"].augmentations, 0),
+                     sc_.canvas_bucket, device)
+    batches = epoch_batches(bank, cfg["run"].batch_size * (MAX_GRID ** 2 + sc_.task_tokens),
+                            sc_.task_tokens, 0, 0)[:100]
+
+    def build_batches() -> None:
+        for rows in batches:
+            batch_inputs(bank, rows)
+        _sync(device)
+    data_seconds = _timed(build_batches, 1)
     return {"parameters": result["parameters"], "batch_size": cfg["run"].batch_size,
-            "examples_per_s": float(np.mean([r["examples_per_s"] for r in logs])),
-            "mfu": float(np.mean([r["mfu"] for r in logs])) if cuda and logs[0]["mfu"] else None}
+            "examples_per_s": rate,
+            "mfu": float(np.mean([r["mfu"] for r in logs])) if cuda and logs[0]["mfu"] else None,
+            "data_share_of_step": data_seconds / (sum(len(b) for b in batches) / rate)}
+
+
+class _RandomTokenStore:
+    """Stands in for a feature store of full-size teacher tokens in the seed-configuration
+    benchmark (random values: only their shapes matter for timing)."""
+    manifest = {"teacher": "random tokens"}
+
+    def __init__(self, n_tokens: int, dim: int):
+        self.n_tokens, self.dim = n_tokens, dim
+
+    def load(self, examples: Sequence[Example], key: str = "pooled") -> torch.Tensor:
+        return torch.randn(len(examples), self.dim)
+
+    def load_tokens(self, examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.randn(1, self.n_tokens, self.dim, dtype=torch.bfloat16).expand(len(examples), -1, -1)
+        return tokens, torch.ones(len(examples), self.n_tokens, dtype=torch.bool)
+
+
+def bench_seed_config(device: str = "auto") -> dict[str, Any]:
+    """The seed's own configuration: the features student at seed size on the full stand-in's
+    5,169 tokens per observation, batch 16, lr 1e-4, the seed's loss. The training loop runs
+    on a subset of tasks with random tokens; the time of 100 epochs over 1,718 examples is
+    projected from its measured rate. The CPU runs the cpu profile's student on 369 tokens."""
+    import tempfile
+    device = resolve_device(device)
+    cuda = device.startswith("cuda")
+    n_tokens = 2 * EAGLE_TILES * 256 + 49 if cuda else 369
+    cfg = build_config("default" if cuda else "cpu", device=device, student="features", batch_size=16,
+                       lr=1e-4, max_tasks=40 if cuda else 4, seconds_budget=0.0, patience=10**6,
+                       max_steps=150 if cuda else 6, log_every=50 if cuda else 3, epochs=100)
+    split = config_split(cfg["data"], cfg["run"].seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(cfg, split, tmp, _RandomTokenStore(n_tokens, 2048), progress=False)
+        logs = read_metrics(tmp)["train"][1:] or read_metrics(tmp)["train"]   # skip compile warm-up
+    rate = float(np.mean([r["examples_per_s"] for r in logs]))
+    return {"parameters": result["parameters"], "tokens": n_tokens, "batch_size": 16,
+            "examples_per_s": rate,
+            "mfu": float(np.mean([r["mfu"] for r in logs])) if cuda and logs[0]["mfu"] else None,
+            "projected_minutes_100_epochs_1718_examples": 100 * 1718 / rate / 60}
 
 
 BENCHMARKS = {"data": bench_data, "teacher": bench_teacher, "students": bench_students,
-              "train": bench_train}
+              "train": bench_train, "seed_config": bench_seed_config}
 
 
 def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -3491,6 +3776,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--gpus", type=int, help="processes for training and the store build (torchrun, DDP)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="any other parameters, e.g. seconds_budget=300 teacher_preset=tiny")
     p.add_argument("--run-id", help="folder name under runs/ (default: a timestamp)")
     p.add_argument("--runs-root", default=str(ROOT / "runs"))
     p.add_argument("--from", dest="start", metavar="NB", help="start at this notebook (e.g. 02)")
@@ -3507,6 +3795,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--eval-set", default=DataConfig.eval_set)
     e.add_argument("--max-tasks", type=int, default=0)
     e.add_argument("--store-tokens", action="store_true")
+    e.add_argument("--gpus", type=int, default=1, help="processes under torchrun, one GPU each")
+    e.add_argument("--config", help="a JSON request written by torchrun(); replaces the options above")
     t = sub.add_parser("train", help="train a grid student headlessly (the calls notebook 05 makes)")
     t.add_argument("--profile", default="default", choices=sorted(PROFILES))
     t.add_argument("--run-dir", required=True)
@@ -3514,6 +3804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="config overrides, e.g. epochs=50 w_feat=0 seconds_budget=600")
     t.add_argument("--evaluate", action="store_true",
                    help="then score the best checkpoint on the evaluation test pairs with voting")
+    t.add_argument("--config", help="a JSON request written by torchrun(); --set applies on top")
     v = sub.add_parser("evaluate", help="notebook 06 on a run folder with checkpoints/best.pt: "
                                         "scores, speed, alignment, report.md")
     v.add_argument("--run-dir", required=True)
@@ -3525,30 +3816,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "pipeline":
         record = run_pipeline(args.profile, args.device, args.run_id, args.runs_root, args.start,
-                              args.only, batch_size=args.batch_size, epochs=args.epochs,
-                              seed=args.seed)
+                              args.only, **{"batch_size": args.batch_size, "epochs": args.epochs,
+                                            "seed": args.seed, "gpus": args.gpus, **parse_overrides(args.set)})
         return 0 if record["status"] == "ok" else 1
     if args.command == "extract":
-        cfg = build_config(args.profile, device=args.device, batch_size=args.batch_size,
-                           train_set=args.train_set, eval_set=args.eval_set, max_tasks=args.max_tasks,
-                           teacher=args.teacher, teacher_path=args.teacher_path,
-                           teacher_preset=args.teacher_preset, store_tokens=args.store_tokens)
-        manifest = extract_features(cfg, args.store)
+        if args.config:
+            request = json.loads(Path(args.config).read_text())
+            cfg = build_config(request["profile"], **request["params"])
+        else:
+            cfg = build_config(args.profile, device=args.device, batch_size=args.batch_size,
+                               train_set=args.train_set, eval_set=args.eval_set, max_tasks=args.max_tasks,
+                               teacher=args.teacher, teacher_path=args.teacher_path, gpus=args.gpus,
+                               teacher_preset=args.teacher_preset, store_tokens=args.store_tokens)
+        if cfg["run"].gpus > 1 and distributed_rank()[1] == 1:
+            manifest = torchrun("extract", cfg, args.store)
+        else:
+            manifest = extract_features(cfg, args.store)
+            if not _finish_distributed():
+                return 0
         print(json.dumps({k: manifest[k] for k in ("teacher", "examples", "computed_now",
                                                    "bytes_per_example", "seconds_per_example")}))
         return 0
     if args.command == "train":
-        overrides = parse_overrides(args.set)
-        cfg = build_config(args.profile, run_dir=args.run_dir, **overrides)
+        request = json.loads(Path(args.config).read_text()) if args.config else {"profile": args.profile, "params": {}}
+        cfg = build_config(request["profile"], **{**request["params"], **parse_overrides(args.set),
+                                                  "run_dir": args.run_dir})
         split = config_split(cfg["data"], cfg["run"].seed)
-        loss = cfg["loss"]
-        store_dir = cfg["store"].store_dir or str(Path(args.run_dir) / "feature_store")
-        store = FeatureStore(store_dir).check(cfg["teacher"].teacher) if loss.w_feat or loss.w_kd else None
-        Path(args.run_dir).mkdir(parents=True, exist_ok=True)
-        _write_json(Path(args.run_dir) / "train_config.json",
-                    {"config": cfg, "environment": environment_record(cfg["run"].device)})
-        result = train(cfg, split, args.run_dir, store)
-        _write_json(Path(args.run_dir) / "train_summary.json", result)
+        if cfg["run"].gpus > 1 and distributed_rank()[1] == 1:
+            result = torchrun("train", cfg, args.run_dir)
+        else:
+            if distributed_rank()[0] == 0:
+                Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+                _write_json(Path(args.run_dir) / "train_config.json",
+                            {"config": cfg, "environment": environment_record(cfg["run"].device)})
+            result = train(cfg, split, args.run_dir, training_store(cfg, args.run_dir))
+            if not _finish_distributed():
+                return 0
+            _write_json(Path(args.run_dir) / "train_summary.json", result)
         if args.evaluate:   # the evaluation tasks' test pairs, voted over the trained versions
             scores, records = evaluate_checkpoint(result["checkpoint"], split, "test", cfg["run"].device)
             result["test"] = {**scores, "copy_baseline": copy_baseline(split, "test")}

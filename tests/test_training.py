@@ -152,3 +152,20 @@ def test_a_second_fresh_run_into_the_same_folder_is_refused(split, tmp_path):
     with pytest.raises(FileExistsError, match="resume=True"):
         sc.train(config(max_steps=2), split, tmp_path, progress=False)
     assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_the_features_student_trains_on_stored_teacher_tokens(split, tmp_path, tiny):
+    sc.build_feature_store(tiny, split, tmp_path / "pooled_only", progress=False)
+    cfg = config(student="features", width=32, heads=4, decoder_hidden=64, epochs=4, w_feat=0.5)
+    with pytest.raises(sc.StoreMismatch, match="keeps no 'tokens'"):
+        sc.train(cfg, split, tmp_path / "refused", sc.FeatureStore(tmp_path / "pooled_only"), progress=False)
+    sc.build_feature_store(tiny, split, tmp_path / "store", store_tokens=True, progress=False)
+    store = sc.FeatureStore(tmp_path / "store")
+    out = sc.train(cfg, split, tmp_path / "run", store, progress=False)
+    # one version per pair: the teacher's tokens belong to the original orientation
+    assert out["student"] == "features" and out["task_ids"] == len(split.tasks)
+    model = sc.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    tokens, mask = store.load_tokens(split.train[:3])
+    assert model["pos"].shape[0] == tokens.shape[1] and model["project.weight"].shape[1] == tiny.feature_dim
+    logs = sc.read_metrics(tmp_path / "run")["train"]
+    assert logs[-1]["task"] < logs[0]["task"] and logs[0]["feat"] > 0
