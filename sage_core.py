@@ -3028,9 +3028,9 @@ def feature_alignment(ev: Evaluation, store_dir: str | os.PathLike, device: str 
     weight, bias = projection["project.weight"].float(), projection["project.bias"].float()
     if weight.shape[0] != target.shape[1]:
         return {"computed": False, "teacher": label,
-                "reason": f"the projection maps to {weight.shape[0]} numbers but the teacher gives "
-                          f"{target.shape[1]}: the run trained without the feature loss (w_feat = 0), "
-                          "so the projection never met these features"}
+                "reason": f"the projection maps to {weight.shape[0]} numbers but these teacher features "
+                          f"have {target.shape[1]}: it was never trained against them (the run had "
+                          "w_feat = 0, or the store holds another teacher's features)"}
     student = SageTeacher(ev.checkpoint, device)
     pooled = torch.cat([student.extract(make_observations(ev.split.tasks, ev.split.test[i:i + chunk])).pooled.cpu()
                         for i in range(0, len(ev.split.test), chunk)])
@@ -3904,15 +3904,19 @@ def inspector(ev: Evaluation):
     difference = widgets.ToggleButton(description="difference")
     frames = widgets.ToggleButton(description="teacher frames")
     image = widgets.Image(format="png")
+    choosing = {"task": False}   # a new task resets pair and version: draw once, after both
 
     def pick_task(_=None):
+        choosing["task"] = True
         pair.options = [(f"test {ev.records[i]['index']}", i) for i in by_task[task.value]]
         version.options = [("voted, mapped back", -1)] + [
             (aug.name, v) for v, aug in enumerate(ev.versions[task.value])]
         pair.index, version.index = 0, 0
+        choosing["task"] = False
+        draw()
 
     def draw(_=None):
-        if pair.value is None or version.value is None:
+        if choosing["task"]:
             return
         fig = plot_inspection(ev, pair.value, None if version.value < 0 else version.value,
                               difference.value, frames.value)
@@ -3925,7 +3929,6 @@ def inspector(ev: Evaluation):
     for control in (pair, version, difference, frames):
         control.observe(draw, "value")
     pick_task()
-    draw()
     return widgets.VBox([widgets.HBox([task, pair, version]), widgets.HBox([difference, frames]), image])
 
 
