@@ -3809,7 +3809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "scores, speed, alignment, report.md")
     v.add_argument("--run-dir", required=True)
     v.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    v.add_argument("--profile", default="auto", choices=["auto", *sorted(PROFILES)])
+    v.add_argument("--profile", choices=sorted(PROFILES), help="default: the checkpoint's training profile")
     b = sub.add_parser("bench", help="print speed figures and write benchmarks/results/*.json")
     b.add_argument("--device", default="auto")
     b.add_argument("names", nargs="*", help=f"which of {list(BENCHMARKS)} (default: all)")
@@ -3862,7 +3862,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "evaluate":
         run_dir = Path(args.run_dir).resolve()
-        record = run_pipeline(args.profile, args.device, run_dir.name, run_dir.parent, only="06")
+        trained = load_checkpoint(run_dir / "checkpoints" / "best.pt")["meta"]["config"]["run"]["profile"]
+        record = run_pipeline(args.profile or trained, args.device, run_dir.name, run_dir.parent, only="06")
         if record["status"] != "ok":
             return 1
         s = json.loads((run_dir / "steps" / "06_evaluation.json").read_text())

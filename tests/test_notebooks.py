@@ -161,10 +161,11 @@ def test_evaluate_command_reruns_06_on_a_run_folder_and_keeps_its_record(smoke_r
     shutil.copytree(smoke_run, run_dir)
     for name in ("report.md", "metrics.json", "predictions.json"):
         (run_dir / name).unlink()
-    assert sc.main(["evaluate", "--run-dir", str(run_dir), "--device", "cpu", "--profile", "smoke"]) == 0
+    assert sc.main(["evaluate", "--run-dir", str(run_dir), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2] == f"report: {run_dir.resolve() / 'report.md'}"
     assert re.match(r"scored \d+ tasks \(\d+ test pairs x 2 versions\) in [\d.]+ s on cpu", lines[-1])
     record = json.loads((run_dir / "run.json").read_text())
     assert list(record["notebooks"]) == [p.stem for p in NOTEBOOKS]   # the earlier steps' record stays
+    assert record["parameters"]["profile"] == "smoke"                  # the checkpoint's own profile
     assert all((run_dir / name).exists() for name in ("report.md", "metrics.json", "predictions.json"))
