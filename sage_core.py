@@ -2906,6 +2906,17 @@ def speed_profile(run_batch, make_inputs, batch_sizes: Sequence[int], device: st
             "peak_mib_best_batch": best["peak_mib"]}
 
 
+def compiled_speed(model: torch.nn.Module, make_inputs, batch: int, device: str, **timing) -> dict[str, Any]:
+    """How a student is served on a GPU: ms per example at batch 1 with CUDA graphs
+    (torch.compile's reduce-overhead mode removes the per-kernel launch cost that dominates at
+    batch 1), and examples/s at `batch` with fused kernels; peak memory of both."""
+    one = speed_profile(torch.compile(model, mode="reduce-overhead", dynamic=False), make_inputs, (1,),
+                        device, **timing)
+    many = speed_profile(torch.compile(model, dynamic=False), make_inputs, (batch,), device, **timing)
+    return {"ms_batch1": one["ms_batch1"], "peak_mib_batch1": one["peak_mib_batch1"], "best_batch": batch,
+            "best_examples_per_s": many["best_examples_per_s"], "peak_mib_best_batch": many["peak_mib_best_batch"]}
+
+
 def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -2932,9 +2943,12 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
     sides = sorted(canvas_side(ev.split.tasks[t], grid.cfg.canvas_bucket) for t in tasks)
     rows = []
     for side in dict.fromkeys((sides[len(sides) // 2], MAX_GRID)):
-        s = speed_profile(grid, lambda b: student_inputs(grid, b, device, side, dtype=dtype),
-                          speed_batches("grid", device), device, **timing)
+        make = lambda b: student_inputs(grid, b, device, side, dtype=dtype)  # noqa: E731
+        s = speed_profile(grid, make, speed_batches("grid", device), device, **timing)
         rows.append({"model": f"grid student ({side}x{side} canvas)", "parameters": _n_params(grid), **s})
+        if cuda:   # as it would be served: CUDA graphs at batch 1, fused kernels at the best batch
+            c = compiled_speed(grid, make, s["best_batch"], device, **timing)
+            rows.append({"model": f"grid student ({side}x{side} canvas), compiled", "parameters": _n_params(grid), **c})
     del grid
     _release(device)
     tcfg = TeacherConfig(**ev.config["teacher"])
@@ -2964,7 +2978,9 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
                  "peak_mib_best_batch": peak("peak_mib_best_batch")})
     del teacher, feat
     _release(device)
-    return {"device": device, "rows": rows, "teacher": label, "ratios": speed_ratios(rows[0], teacher_row)}
+    # The ratios take the student on the median canvas as served: compiled on CUDA, eager on the CPU.
+    student_row = rows[1] if cuda else rows[0]
+    return {"device": device, "rows": rows, "teacher": label, "ratios": speed_ratios(student_row, teacher_row)}
 
 
 def speed_ratios(student: dict[str, Any], teacher: dict[str, Any]) -> list[dict[str, str]]:
@@ -3617,11 +3633,6 @@ def bench_teacher(device: str = "auto") -> dict[str, Any]:
             "store_bytes_per_example": m["bytes_per_example"]}
 
 
-def _no_grad_call(fn, inputs: tuple):
-    with torch.no_grad():
-        return fn(*inputs)
-
-
 def bench_students(device: str = "auto") -> dict[str, Any]:
     """Seed-size students in bf16 (fp32 on the CPU): ms per example at batch 1, eager and (on
     CUDA) compiled with CUDA graphs; examples/s at the best of several batches; peak memory."""
@@ -3638,23 +3649,16 @@ def bench_students(device: str = "auto") -> dict[str, Any]:
         torch.manual_seed(0)
         model = build_student(cfg, n_task_ids=6400, max_tokens=n_tokens).to(device, dtype).eval()
         name = f"{kind}_{side}x{side}" if kind == "grid" else f"features_{n_tokens}tok"
-        variants = {"eager": model}
-        if cuda:   # CUDA graphs remove the per-kernel launch cost that dominates at batch 1
-            variants["cudagraphs"] = torch.compile(model, mode="reduce-overhead", dynamic=False)
-        row: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters())}
-        for vname, fn in variants.items():
-            s = speed_profile(fn, lambda b: student_inputs(model, b, device, side or MAX_GRID, n_tokens, dtype=dtype),
-                              speed_batches(kind, device) if vname == "eager" else (1,), device,
-                              repeats=5 if cuda else 2, warmup=3 if cuda else 1)
-            row[f"{vname}_ms_batch1"], row[f"{vname}_peak_mib_batch1"] = s["ms_batch1"], s["peak_mib_batch1"]
-            if vname == "eager":
-                row.update({k: s[k] for k in ("best_batch", "best_examples_per_s", "peak_mib_best_batch")})
-        if cuda:   # fused kernels (no CUDA graphs) at the best eager batch
-            fused = torch.compile(model, dynamic=False)
-            b = row["best_batch"]
-            inputs = student_inputs(model, b, device, side or MAX_GRID, n_tokens, dtype=dtype)
-            r = measure_speed(lambda _: _no_grad_call(fused, inputs), [b], device, repeats=5, warmup=3)[0]
-            row["compiled_examples_per_s"] = r["examples_per_s"]
+        make = lambda b: student_inputs(model, b, device, side or MAX_GRID, n_tokens, dtype=dtype)  # noqa: E731
+        timing = dict(repeats=5, warmup=3) if cuda else dict(repeats=2, warmup=1)
+        s = speed_profile(model, make, speed_batches(kind, device), device, **timing)
+        row: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters()),
+                               "eager_ms_batch1": s["ms_batch1"], "eager_peak_mib_batch1": s["peak_mib_batch1"],
+                               **{k: s[k] for k in ("best_batch", "best_examples_per_s", "peak_mib_best_batch")}}
+        if cuda:
+            c = compiled_speed(model, make, s["best_batch"], device, **timing)
+            row.update(cudagraphs_ms_batch1=c["ms_batch1"], cudagraphs_peak_mib_batch1=c["peak_mib_batch1"],
+                       compiled_examples_per_s=c["best_examples_per_s"])
         out[name] = row
         del model
         if cuda:
