@@ -169,3 +169,32 @@ def test_the_features_student_trains_on_stored_teacher_tokens(split, tmp_path, t
     assert model["pos"].shape[0] == tokens.shape[1] and model["project.weight"].shape[1] == tiny.feature_dim
     logs = sc.read_metrics(tmp_path / "run")["train"]
     assert logs[-1]["task"] < logs[0]["task"] and logs[0]["feat"] > 0
+
+
+def test_sign_sgd_moves_only_the_rows_a_batch_touched():
+    table = torch.nn.Embedding(5, 3)
+    before = table.weight.detach().clone()
+    opt = sc.SignSGD(table.parameters(), lr=0.01, weight_decay=0.1)
+    (table(torch.tensor([1, 3])) * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
+    opt.step()
+    moved = (table.weight.detach() - before).abs().sum(1) > 0
+    assert moved.tolist() == [False, True, False, True, False]
+    expected = before[1] * (1 - 0.01 * 0.1) - 0.01 * torch.tensor([1.0, -1.0, 1.0])
+    assert torch.allclose(table.weight[1], expected)
+
+
+def test_weight_average_and_sign_sgd_resume_bit_exactly_and_are_what_predicts(split, tmp_path):
+    recipe = dict(ema_decay=0.9, task_optimizer="signsgd", task_lr_scale=30.0)
+    sc.train(config(max_steps=10, **recipe), split, tmp_path / "straight", progress=False)
+    sc.train(config(max_steps=5, **recipe), split, tmp_path / "resumed", progress=False)
+    sc.train(config(max_steps=10, resume=True, **recipe), split, tmp_path / "resumed", progress=False)
+    a, b = (sc.load_checkpoint(p / "checkpoints" / "last.pt") for p in (tmp_path / "straight", tmp_path / "resumed"))
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert any(not torch.equal(a["ema"][k], a["model"][k]) for k in a["ema"])   # a real average
+    from safetensors.torch import load_file
+    best = sc.load_checkpoint(tmp_path / "straight" / "checkpoints" / "best.pt")
+    exported = load_file(str(tmp_path / "straight" / "checkpoints" / "best.safetensors"))
+    assert all(torch.equal(exported[k], v) for k, v in best["ema"].items())
+    teacher = sc.load_teacher("sage", "cpu", path=str(tmp_path / "straight" / "checkpoints" / "best.pt"))
+    assert torch.equal(teacher.model.task.weight, best["ema"]["task.weight"])
