@@ -1902,7 +1902,7 @@ class TrainConfig:
     warmup_fraction: float = 0.05  # share of the steps spent warming up, then cosine to 10%
     grad_clip: float = 1.0         # max global gradient norm
     max_steps: int = 0             # stop after this many optimizer steps, 0 means epochs decide
-    seconds_budget: float = 600.0  # stop cleanly after this much training time, 0 means none
+    seconds_budget: float = 600.0  # seconds before a clean stop, per run (a resume gets its own); 0: none
     patience: int = 10             # epochs without a better validation exact-grid score
     log_every: int = 50            # steps between log lines
     resume: bool = False           # continue from the run's last checkpoint
@@ -2384,7 +2384,8 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     tb = SummaryWriter(str(run_dir / "tensorboard")) if lead else None
     bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not (progress and lead))
     window = {"examples": 0, "flops": 0.0, "t": time.perf_counter()}
-    clock = time.perf_counter() - state.seconds
+    started = time.perf_counter()
+    clock = started - state.seconds   # training time over every resumption, for the records
     pending = None         # the previous step's loss parts, checked one step late (no sync)
     stop_reason = "epochs"
 
@@ -2479,7 +2480,7 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
                 if tc.max_steps and state.step >= tc.max_steps:
                     stop_reason = "max_steps"
                 elif tc.seconds_budget and (world == 1 or state.step % 10 == 0) and _any_process(
-                        time.perf_counter() - clock >= tc.seconds_budget, device):
+                        time.perf_counter() - started >= tc.seconds_budget, device):
                     stop_reason = "seconds_budget"
                 if stop_reason != "epochs":
                     break

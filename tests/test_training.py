@@ -198,3 +198,11 @@ def test_weight_average_and_sign_sgd_resume_bit_exactly_and_are_what_predicts(sp
     assert all(torch.equal(exported[k], v) for k, v in best["ema"].items())
     teacher = sc.load_teacher("sage", "cpu", path=str(tmp_path / "straight" / "checkpoints" / "best.pt"))
     assert torch.equal(teacher.model.task.weight, best["ema"]["task.weight"])
+
+
+def test_a_resumed_run_gets_its_own_seconds_budget(split, tmp_path):
+    first = sc.train(config(seconds_budget=0.5, epochs=50), split, tmp_path, progress=False)
+    assert first["stop"] == "seconds_budget"
+    again = sc.train(config(seconds_budget=0.5, epochs=50, resume=True), split, tmp_path, progress=False)
+    assert again["stop"] == "seconds_budget" and again["steps"] > first["steps"]
+    assert again["seconds"] > first["seconds"]   # the record counts every piece
