@@ -261,6 +261,7 @@ class DataConfig:
     holdout_fraction: float = 0.1         # task_holdout only
     max_tasks: int = 0                    # first N tasks of each set, 0 means all
     augmentations: int = 8                # augmented versions per task, each its own task id
+    translate: bool = False               # training only: move each pair by a random offset in its canvas
     on_error: str = "raise"               # raise | skip: what a bad task file does
     gallery_tasks: int = 3                # tasks drawn in galleries
 
@@ -2201,12 +2202,35 @@ class TrainingDiverged(RuntimeError):
 
 
 def torch_grid_shape(cells: torch.Tensor) -> torch.Tensor:
-    """grid_shape for a batch of cell maps (B, 30, 30) -> (B, 2) rows, columns."""
+    """grid_shape for a batch of cell maps (B, H, W) -> (B, 2) rows, columns."""
     inside = cells != OUTSIDE
-    idx = torch.arange(1, MAX_GRID + 1, device=cells.device)
-    rows = (inside.any(2) * idx).amax(1)
-    cols = (inside.any(1) * idx).amax(1)
+    rows = (inside.any(2) * torch.arange(1, cells.shape[1] + 1, device=cells.device)).amax(1)
+    cols = (inside.any(1) * torch.arange(1, cells.shape[2] + 1, device=cells.device)).amax(1)
     return torch.stack([rows, cols], 1)
+
+
+def shift_grids(cells: torch.Tensor, down: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Every map of (B, H, W) moved `down` rows and `right` columns (one offset per map), the
+    vacated cells OUTSIDE: one gather for the batch."""
+    B, H, W = cells.shape
+    rows = torch.arange(H, device=cells.device)[None, :] - down[:, None]          # source rows
+    cols = torch.arange(W, device=cells.device)[None, :] - right[:, None]
+    moved = cells[torch.arange(B, device=cells.device)[:, None, None],
+                  rows.clamp_min(0)[:, :, None], cols.clamp_min(0)[:, None, :]]
+    inside = (rows >= 0)[:, :, None] & (cols >= 0)[:, None, :]
+    return torch.where(inside, moved, torch.full_like(moved, OUTSIDE))
+
+
+def translate_pairs(cells: torch.Tensor, target: torch.Tensor, uniform: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-only translation: the input (B, s, s) and output (B, 30, 30) of each pair moved
+    by one offset that keeps both inside the canvas; uniform (B, 2) in [0, 1) picks it."""
+    side = cells.shape[1]
+    extent = torch.maximum(torch_grid_shape(cells), torch_grid_shape(target[:, :side, :side]))
+    room = (side - extent).clamp_min(0)
+    offset = (uniform.to(cells.device) * (room + 1)).floor().long()
+    return (shift_grids(cells, offset[:, 0], offset[:, 1]),
+            shift_grids(target, offset[:, 0], offset[:, 1]))
 
 
 def grid_scores(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -2437,6 +2461,11 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
                 # loss on this process's share of the batch
                 mine = rank_rows(rows, rank, world).to(device)
                 inputs, target = batch_inputs(train_bank, mine)
+                if dc.translate and not features:   # offsets drawn for the whole batch: any world size
+                    g = torch.Generator().manual_seed(rc.seed * 1_000_003 + state.step)
+                    uniform = rank_rows(torch.rand(len(rows), 2, generator=g), rank, world)
+                    cells, target = translate_pairs(inputs[0], target, uniform)
+                    inputs = (cells, inputs[1])
                 with torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
                     out, parts = step_fn(
                         inputs, target,

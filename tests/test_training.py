@@ -206,3 +206,31 @@ def test_a_resumed_run_gets_its_own_seconds_budget(split, tmp_path):
     again = sc.train(config(seconds_budget=0.5, epochs=50, resume=True), split, tmp_path, progress=False)
     assert again["stop"] == "seconds_budget" and again["steps"] > first["steps"]
     assert again["seconds"] > first["seconds"]   # the record counts every piece
+
+
+def test_translation_moves_input_and_output_together_inside_the_canvas():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    grid_in, grid_out = rng.integers(0, 10, (3, 4)), rng.integers(0, 10, (5, 2))
+    cells = torch.as_tensor(sc.encode_grid(grid_in)[:10, :10]).long()[None].repeat(64, 1, 1)
+    target = torch.as_tensor(sc.encode_grid(grid_out)).long()[None].repeat(64, 1, 1)
+    moved_in, moved_out = sc.translate_pairs(cells, target, torch.rand(64, 2, generator=torch.Generator().manual_seed(0)))
+    offsets = set()
+    for a, b in zip(moved_in, moved_out):
+        rows, cols = torch.nonzero(a != sc.OUTSIDE).min(0).values.tolist()
+        assert (rows, cols) == tuple(torch.nonzero(b != sc.OUTSIDE).min(0).values.tolist())   # one offset
+        assert (a[rows:rows + 3, cols:cols + 4].numpy() == grid_in).all()
+        assert (b[rows:rows + 5, cols:cols + 2].numpy() == grid_out).all()
+        assert (b != sc.OUTSIDE).sum() == 10 and rows + 5 <= 10 and cols + 4 <= 10         # inside the canvas
+        offsets.add((rows, cols))
+    assert len(offsets) > 10
+
+
+def test_translated_training_resumes_bit_exactly(split, tmp_path):
+    sc.train(config(max_steps=6, translate=True), split, tmp_path / "straight", progress=False)
+    sc.train(config(max_steps=3, translate=True), split, tmp_path / "resumed", progress=False)
+    sc.train(config(max_steps=6, translate=True, resume=True), split, tmp_path / "resumed", progress=False)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = sc.train(config(max_steps=6), split, tmp_path / "plain", progress=False)
+    assert plain["steps"] == 6 and any(not torch.equal(a[k], weights(tmp_path / "plain")[k]) for k in a)
