@@ -171,10 +171,11 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Write through a temp file and rename, so a crash never leaves half a JSON file."""
+def _write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
+    """Write through a temp file and rename, so a crash never leaves half a JSON file.
+    indent=None writes one line (grids of a submission would take a line per number)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=indent, sort_keys=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -3387,7 +3388,7 @@ def write_evaluation(run_dir: str | os.PathLike, metrics: dict[str, Any], record
     """metrics.json, predictions.json (ARC Prize format) and report.md in the run folder. -> report path"""
     run_dir = Path(run_dir)
     _write_json(run_dir / "metrics.json", metrics)
-    _write_json(run_dir / "predictions.json", submission(records))
+    _write_json(run_dir / "predictions.json", submission(records), indent=None)
     (run_dir / "report.md").write_text(report)
     return run_dir / "report.md"
 
@@ -4004,7 +4005,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scores, records = evaluate_checkpoint(result["checkpoint"], split, "test", cfg["run"].device)
             result["test"] = {**scores, "copy_baseline": copy_baseline(split, "test")}
             _write_json(Path(args.run_dir) / "train_summary.json", result)
-            _write_json(Path(args.run_dir) / "predictions.json", submission(records))
+            _write_json(Path(args.run_dir) / "predictions.json", submission(records), indent=None)
         print(json.dumps(result))
         return 0
     if args.command == "evaluate":
