@@ -2779,20 +2779,33 @@ def submission(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, li
 
 
 def evaluate_checkpoint(path: str | os.PathLike, split: Split, part: str = "test",
-                        device: str = "auto") -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Score a trained grid student on split.<part> with voting over the augmented versions it
-    was trained with (each version's own task embedding): scores and the voted records."""
+                        device: str = "auto", store: FeatureStore | None = None
+                        ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Score a trained student on split.<part>: a grid student with voting over the augmented
+    versions it was trained with (each version's own task embedding); a features student once
+    per pair, from the teacher tokens in `store` (its one attempt is pass@1 and pass@2).
+    Returns the scores and the voted records."""
     from collections import OrderedDict
     device = resolve_device(device)
     ck = load_checkpoint(path, device)
     cfg = ck["meta"]["config"]
     scfg = StudentConfig(**cfg["student"])
-    versions = task_versions(split.tasks, cfg["data"]["augmentations"], cfg["run"]["seed"])
+    weights = OrderedDict(student_weights(ck))
+    features = scfg.student == "features"
+    versions = task_versions(split.tasks, 1 if features else cfg["data"]["augmentations"], cfg["run"]["seed"])
     if version_ids(split.tasks, versions) != ck["meta"]["version_ids"]:
         raise ValueError(f"{path} was trained on other tasks or versions than this split's")
-    model = GridStudent(scfg, len(ck["meta"]["version_ids"])).to(device)
-    model.load_state_dict(OrderedDict(student_weights(ck)))
     bank = make_bank(split, part, versions, scfg.canvas_bucket, device)
+    if features:
+        if store is None:
+            raise StoreMismatch(f"{path} holds a features student: it reads the teacher's tokens, so "
+                                "pass the feature store it was trained with")
+        bank = with_tokens(bank, store, device)
+        model = build_student(scfg, teacher_dim=weights["project.weight"].shape[1],
+                              max_tokens=weights["pos"].shape[0]).to(device)
+    else:
+        model = GridStudent(scfg, len(ck["meta"]["version_ids"])).to(device)
+    model.load_state_dict(weights)
     cells = predict_rows(model, bank, torch.arange(len(bank.cells)), device).cpu().numpy()
     records = voted_predictions(split, part, cells, bank.examples, versions)
     return score_voted(records, split), records
@@ -2837,8 +2850,9 @@ def evaluate_run(checkpoint: str | os.PathLike, store_dir: str | os.PathLike,
     ck = load_checkpoint(checkpoint)
     cfg = ck["meta"]["config"]
     if cfg["student"]["student"] != "grid":
-        raise ValueError(f"{checkpoint} holds a {cfg['student']['student']} student; this evaluation "
-                         "scores grid students (voting needs their per-version task embeddings)")
+        raise ValueError(f"{checkpoint} holds a {cfg['student']['student']} student; this report covers "
+                         "grid students (voting, galleries, speed of the trained model); score it with "
+                         "evaluate_checkpoint(path, split, 'test', device, store) or `train --evaluate`")
     split = config_split(DataConfig(**cfg["data"]), cfg["run"]["seed"])
     scores, records = evaluate_checkpoint(checkpoint, split, "test", device)
     versions = task_versions(split.tasks, cfg["data"]["augmentations"], cfg["run"]["seed"])
@@ -4002,7 +4016,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             _write_json(Path(args.run_dir) / "train_summary.json", result)
         if args.evaluate:   # the evaluation tasks' test pairs, voted over the trained versions
-            scores, records = evaluate_checkpoint(result["checkpoint"], split, "test", cfg["run"].device)
+            scores, records = evaluate_checkpoint(result["checkpoint"], split, "test", cfg["run"].device,
+                                                  training_store(cfg, args.run_dir))
             result["test"] = {**scores, "copy_baseline": copy_baseline(split, "test")}
             _write_json(Path(args.run_dir) / "train_summary.json", result)
             _write_json(Path(args.run_dir) / "predictions.json", submission(records), indent=None)

@@ -169,6 +169,13 @@ def test_the_features_student_trains_on_stored_teacher_tokens(split, tmp_path, t
     assert model["pos"].shape[0] == tokens.shape[1] and model["project.weight"].shape[1] == tiny.feature_dim
     logs = sc.read_metrics(tmp_path / "run")["train"]
     assert logs[-1]["task"] < logs[0]["task"] and logs[0]["feat"] > 0
+    # scored once per held-out pair from the stored tokens: its single attempt is both pass@k
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    with pytest.raises(sc.StoreMismatch, match="feature store it was trained with"):
+        sc.evaluate_checkpoint(best, split, "test", "cpu")
+    scores, records = sc.evaluate_checkpoint(best, split, "test", "cpu", store)
+    assert len(records) == len(split.test) and all(len(r["candidates"]) == 1 for r in records)
+    assert scores["pass@1"] == scores["pass@2"] and 0 <= scores["pixel"] <= 1
 
 
 def test_sign_sgd_moves_only_the_rows_a_batch_touched():
