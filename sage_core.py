@@ -1462,34 +1462,55 @@ class FeatureStore:
 
     def load(self, examples: Sequence[Example], key: str = "pooled") -> torch.Tensor:
         """Stacked targets of `examples` in their order, e.g. pooled -> (n, D)."""
-        return torch.stack(self._rows(examples, key))
+        return self._rows(examples, (key,))[0]
 
-    def load_tokens(self, examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every token's features (n, N, D) and their mask (n, N), padded to the longest
-        observation: the input of the features student (a store built with store_tokens)."""
-        from torch.nn.utils.rnn import pad_sequence
-        tokens = pad_sequence(self._rows(examples, "tokens"), batch_first=True)
-        mask = pad_sequence(self._rows(examples, "token_mask"), batch_first=True, padding_value=False)
+    def load_tokens(self, examples: Sequence[Example], device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token's features (n, N, D) and their mask (n, N) on `device`, padded to the
+        longest observation: the input of the features student (a store built with
+        store_tokens). Filled one shard at a time, so memory holds the result and one shard
+        (full-size tokens are about 21 MB per example)."""
+        shapes = {t: self._open(t)[1] for t in dict.fromkeys(ex.task_id for ex in examples)}
+        if any("tokens" not in s for s in shapes.values()):
+            raise StoreMismatch(f"{self.dir} keeps no 'tokens': build it with store_tokens=True")
+        shapes = {t: s["tokens"] for t, s in shapes.items()}
+        n_tokens, dim = max(s[1] for s in shapes.values()), next(iter(shapes.values()))[2]
+        tokens = torch.zeros(len(examples), n_tokens, dim, dtype=torch.bfloat16, device=device)
+        mask = torch.zeros(len(examples), n_tokens, dtype=torch.bool, device=device)
+        for task_id in shapes:
+            where = [i for i, ex in enumerate(examples) if ex.task_id == task_id]
+            shard_tokens, shard_mask = self._rows([examples[i] for i in where], ("tokens", "token_mask"))
+            n = shard_tokens.shape[1]
+            tokens[where, :n] = shard_tokens.to(device, torch.bfloat16)
+            mask[where, :n] = shard_mask.to(device)
         return tokens, mask
 
-    def _rows(self, examples: Sequence[Example], key: str) -> list[torch.Tensor]:
+    def _open(self, task_id: str) -> tuple[dict[tuple, int], dict[str, list[int]]]:
+        """A task's shard: its rows by (kind, index) and its tensors' shapes (nothing loaded)."""
         from safetensors import safe_open
+        path = _shard_path(self.dir, task_id)
+        if not path.exists():
+            raise StoreMismatch(f"{self.dir} has no shard for task {task_id}")
+        with safe_open(str(path), "pt") as f:
+            index = {tuple(k): i for i, k in enumerate(json.loads(f.metadata()["examples"]))}
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        return index, shapes
+
+    def _rows(self, examples: Sequence[Example], keys: Sequence[str]) -> list[torch.Tensor]:
+        """For each key, the stacked rows of `examples`, reading each task's shard once."""
         from safetensors.torch import load_file
-        shards: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}
-        rows = []
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+        loaded: dict[str, tuple[dict[str, torch.Tensor], dict]] = {}
         for ex in examples:
-            if ex.task_id not in shards:
-                path = _shard_path(self.dir, ex.task_id)
-                if not path.exists():
-                    raise StoreMismatch(f"{self.dir} has no shard for task {ex.task_id}")
-                with safe_open(str(path), "pt") as f:
-                    keys = json.loads(f.metadata()["examples"])
-                shards[ex.task_id] = (load_file(str(path)), {tuple(k): i for i, k in enumerate(keys)})
-            tensors, index = shards[ex.task_id]
-            if key not in tensors:
-                raise StoreMismatch(f"{self.dir} keeps no {key!r} (has {sorted(tensors)})")
-            rows.append(tensors[key][index[(ex.kind, ex.index)]])
-        return rows
+            if ex.task_id not in loaded:
+                index, shapes = self._open(ex.task_id)
+                missing = [k for k in keys if k not in shapes]
+                if missing:
+                    raise StoreMismatch(f"{self.dir} keeps no {missing[0]!r} (has {sorted(shapes)})")
+                loaded[ex.task_id] = (load_file(str(_shard_path(self.dir, ex.task_id))), index)
+            tensors, index = loaded[ex.task_id]
+            for k in keys:
+                out[k].append(tensors[k][index[(ex.kind, ex.index)]])
+        return [torch.stack(out[k]) for k in keys]
 
 
 # =====================================================================================
@@ -2287,9 +2308,8 @@ class TrainingStep(torch.nn.Module):
 def with_tokens(bank: ExampleBank, store: "FeatureStore", device: str) -> ExampleBank:
     """The bank with its examples' stored teacher tokens, as one group of fixed-size batches
     (the features student has no canvas)."""
-    tokens, mask = store.load_tokens(bank.examples)
-    return dataclasses.replace(bank, side=torch.full_like(bank.side, MAX_GRID),
-                               tokens=tokens.to(device), token_mask=mask.to(device))
+    tokens, mask = store.load_tokens(bank.examples, device)
+    return dataclasses.replace(bank, side=torch.full_like(bank.side, MAX_GRID), tokens=tokens, token_mask=mask)
 
 
 def _any_process(flag: bool, device: str) -> bool:
@@ -3868,9 +3888,10 @@ class _RandomTokenStore:
     def load(self, examples: Sequence[Example], key: str = "pooled") -> torch.Tensor:
         return torch.randn(len(examples), self.dim)
 
-    def load_tokens(self, examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = torch.randn(1, self.n_tokens, self.dim, dtype=torch.bfloat16).expand(len(examples), -1, -1)
-        return tokens, torch.ones(len(examples), self.n_tokens, dtype=torch.bool)
+    def load_tokens(self, examples: Sequence[Example], device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.randn(1, self.n_tokens, self.dim, dtype=torch.bfloat16, device=device)
+        return (tokens.expand(len(examples), -1, -1).contiguous(),
+                torch.ones(len(examples), self.n_tokens, dtype=torch.bool, device=device))
 
 
 def bench_seed_config(device: str = "auto") -> dict[str, Any]:

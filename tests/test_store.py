@@ -63,3 +63,20 @@ def test_store_tokens_keeps_every_token(tiny, split, tmp_path):
     mask = store.load(split.test, "token_mask")
     assert tokens.shape[:2] == mask.shape and tokens.shape[-1] == 64
     assert store.manifest["bytes_per_example"] > 64 * tokens.shape[1]
+
+
+def test_tokens_of_different_lengths_come_padded_with_their_mask(tmp_path):
+    from sage_core import Example
+    store = tmp_path / "store"
+    (store / "shards").mkdir(parents=True)
+    examples = {"a": [Example("a", "train", 0)], "b": [Example("b", "train", 0), Example("b", "test", 0)]}
+    for task_id, n in (("a", 3), ("b", 5)):
+        rows = examples[task_id]
+        sc._write_shard(sc._shard_path(store, task_id),
+                        {"pooled": torch.zeros(len(rows), 4), "tokens": torch.full((len(rows), n, 4), float(n)),
+                         "token_mask": torch.ones(len(rows), n, dtype=torch.bool)}, rows, "hash")
+    (store / "manifest.json").write_text("{}")
+    tokens, mask = sc.FeatureStore(store).load_tokens([examples["b"][1], examples["a"][0]])
+    assert tokens.shape == (2, 5, 4) and tokens.dtype == torch.bfloat16
+    assert mask.sum(1).tolist() == [5, 3] and (tokens[1, 3:] == 0).all() and (tokens[1, :3] == 3).all()
+    assert (tokens[0] == 5).all()
