@@ -86,7 +86,7 @@ __all__ = [
     # 11. Configuration and runs
     "RunConfig", "DataConfig", "PROFILES", "CONFIG_CLASSES", "build_config", "resolve_profile",
     "config_params", "parse_overrides", "flat_config",
-    "Run", "open_run", "environment_record", "store_path", "training_store",
+    "Run", "open_run", "environment_record", "results_table", "store_path", "training_store",
     # 12. Pipeline runner and CLI
     "ROOT", "list_notebooks", "run_pipeline", "torchrun", "BENCHMARKS", "run_bench", "main",
     # 13. Notebook widgets
@@ -3619,6 +3619,32 @@ class Run:
         return json.loads(path.read_text())
 
 
+# Fields that describe where and how a run was launched rather than what it trained.
+_BOOKKEEPING = {"run_dir", "device", "log_every", "publish_figures", "interactive", "resume", "store_dir",
+                "profile"}
+
+
+def results_table(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """One row per training run folder (train_config.json and train_summary.json, as `train`
+    writes them): what it changed from the dataclass defaults, its length, and its scores on
+    the validation pairs and, where it was evaluated, on the held-out test pairs."""
+    defaults = {name: default for name, (_, default) in _field_defaults().items()}
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        config = json.loads((run_dir / "train_config.json").read_text())["config"]
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        flat = {k: v for section in config.values() for k, v in section.items()}
+        changed = {k: v for k, v in flat.items() if k not in _BOOKKEEPING and v != defaults.get(k, v)}
+        test = summary.get("test", {})
+        percent = lambda v: f"{100 * v:.2f}%" if isinstance(v, float) else "-"  # noqa: E731
+        rows.append({"run": run_dir.name, "changes": " ".join(f"{k}={v}" for k, v in changed.items()),
+                     "parameters": f"{summary['parameters'] / 1e6:.1f}M", "steps": summary["steps"],
+                     "epochs": summary["epochs"], "minutes": f"{summary['seconds'] / 60:.1f}",
+                     "val exact": percent(summary["best_val_exact"]),
+                     **{f"test {k}": percent(test.get(k)) for k in ("pass@1", "pass@2", "exact", "pixel")}})
+    return rows
+
+
 def store_path(cfg: dict[str, Any], run_dir: str | os.PathLike) -> Path:
     """The feature store of a run: store_dir when set, else <run>/feature_store."""
     configured = cfg["store"].store_dir
@@ -3995,6 +4021,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     v.add_argument("--run-dir", required=True)
     v.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     v.add_argument("--profile", choices=sorted(PROFILES), help="default: the checkpoint's training profile")
+    r = sub.add_parser("table", help="a markdown table of training run folders: changes and scores")
+    r.add_argument("run_dirs", nargs="+")
     b = sub.add_parser("bench", help="print speed figures and write benchmarks/results/*.json")
     b.add_argument("--device", default="auto")
     b.add_argument("names", nargs="*", help=f"which of {list(BENCHMARKS)} (default: all)")
@@ -4057,6 +4085,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"versions) in {s['scoring_seconds']:.1f} s on {s['device']}: pass@1 {s['scores']['pass@1']:.4f}, "
               f"pass@2 {s['scores']['pass@2']:.4f}; the whole evaluation step "
               f"{record['notebooks']['06_evaluation']['seconds']:.1f} s")
+        return 0
+    if args.command == "table":
+        print(markdown_table(results_table(args.run_dirs), digits=4))
         return 0
     if args.command == "bench":
         unknown = set(args.names) - set(BENCHMARKS)

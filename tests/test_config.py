@@ -29,3 +29,13 @@ def test_resolve_device():
     assert sc.resolve_device("auto") in ("cpu", "cuda")
     with pytest.raises(ValueError):
         sc.resolve_device("tpu")
+
+
+def test_results_table_lists_what_a_run_changed_and_what_it_scored(tmp_path):
+    run = tmp_path / "short"
+    assert sc.main(["train", "--profile", "smoke", "--run-dir", str(run), "--set", "device=cpu",
+                    "max_steps=2", "w_feat=0", "seconds_budget=0", "augmentations=3"]) == 0
+    (row,) = sc.results_table([run])
+    assert row["run"] == "short" and row["steps"] == 2
+    assert "max_steps=2" in row["changes"] and "augmentations=3" in row["changes"] and "device" not in row["changes"]
+    assert row["val exact"].endswith("%") and row["test pass@2"] == "-"   # not evaluated
