@@ -88,7 +88,7 @@ __all__ = [
     "config_params", "parse_overrides", "flat_config",
     "Run", "open_run", "environment_record", "results_table", "store_path", "training_store",
     # 12. Pipeline runner and CLI
-    "ROOT", "list_notebooks", "run_pipeline", "torchrun", "BENCHMARKS", "run_bench", "main",
+    "ROOT", "list_notebooks", "run_pipeline", "torchrun", "sweep", "BENCHMARKS", "run_bench", "main",
     # 13. Notebook widgets
     "inspector",
 ]
@@ -3779,6 +3779,42 @@ def torchrun(command: str, cfg: dict[str, Any], folder: str | os.PathLike) -> di
     return json.loads((folder / ("train_summary.json" if command == "train" else "manifest.json")).read_text())
 
 
+def sweep(variants: dict[str, Sequence[str]], common: Sequence[str], runs_root: str | os.PathLike,
+          profile: str = "default", slots: int = 0) -> list[dict[str, Any]]:
+    """Train and evaluate one run per variant (`train --evaluate` with the common FIELD=VALUE
+    settings, then the variant's own) into <runs_root>/<name>, as many at once as there are
+    GPUs, one GPU each; on the CPU one at a time unless `slots` says otherwise. Each run's
+    output goes to its train.log. Returns the results_table rows, in the variants' order."""
+    gpus = torch.cuda.device_count()
+    slots = slots or max(1, gpus)
+    runs_root = Path(runs_root)
+    waiting, running, failed = list(variants.items()), {}, []
+    while waiting or running:
+        while waiting and len(running) < slots:
+            name, settings = waiting.pop(0)
+            slot = min(set(range(slots)) - {s for s, _, _ in running.values()})
+            run_dir = runs_root / name
+            run_dir.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(slot % gpus)} if gpus else {})}
+            cmd = [sys.executable, "-m", "sage_core", "train", "--profile", profile, "--run-dir", str(run_dir),
+                   "--evaluate", "--set", *common, *settings]
+            with open(run_dir / "train.log", "w") as log:
+                running[name] = (slot, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                                        stderr=subprocess.STDOUT), run_dir)
+            print(f"started {name} on {'GPU ' + str(slot % gpus) if gpus else 'the CPU'}: {' '.join(settings)}",
+                  flush=True)
+        time.sleep(1)
+        for name, (slot, proc, run_dir) in list(running.items()):
+            if proc.poll() is not None:
+                del running[name]
+                print(f"{name}: {'done' if proc.returncode == 0 else 'FAILED'} ({run_dir / 'train.log'})", flush=True)
+                if proc.returncode:
+                    failed.append(name)
+    if failed:
+        raise RuntimeError(f"variant(s) {failed} failed; see their train.log")
+    return results_table([runs_root / name for name in variants])
+
+
 def _finish_distributed() -> bool:
     """Leave torchrun's process group; True for the process that reports (rank 0)."""
     import torch.distributed as dist
@@ -4023,6 +4059,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     v.add_argument("--profile", choices=sorted(PROFILES), help="default: the checkpoint's training profile")
     r = sub.add_parser("table", help="a markdown table of training run folders: changes and scores")
     r.add_argument("run_dirs", nargs="+")
+    w = sub.add_parser("sweep", help="train and evaluate variants side by side, one GPU each; print the table")
+    w.add_argument("--runs-root", required=True, help="one folder per variant is made under it")
+    w.add_argument("--profile", default="default", choices=sorted(PROFILES))
+    w.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="settings of every variant")
+    w.add_argument("--variant", nargs="+", action="append", required=True, metavar="NAME [FIELD=VALUE ...]",
+                   help="a variant: its folder name, then its own settings (repeat the option)")
+    w.add_argument("--slots", type=int, default=0, help="runs at once (default: the number of GPUs, or 1)")
     b = sub.add_parser("bench", help="print speed figures and write benchmarks/results/*.json")
     b.add_argument("--device", default="auto")
     b.add_argument("names", nargs="*", help=f"which of {list(BENCHMARKS)} (default: all)")
@@ -4085,6 +4128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"versions) in {s['scoring_seconds']:.1f} s on {s['device']}: pass@1 {s['scores']['pass@1']:.4f}, "
               f"pass@2 {s['scores']['pass@2']:.4f}; the whole evaluation step "
               f"{record['notebooks']['06_evaluation']['seconds']:.1f} s")
+        return 0
+    if args.command == "sweep":
+        variants = {v[0]: v[1:] for v in args.variant}
+        for settings in [args.set, *variants.values()]:
+            parse_overrides(settings)   # a typo fails here, before any run starts
+        print(markdown_table(sweep(variants, args.set, args.runs_root, args.profile, args.slots), digits=4))
         return 0
     if args.command == "table":
         print(markdown_table(results_table(args.run_dirs), digits=4))

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 import sage_core as sc
@@ -39,3 +41,18 @@ def test_results_table_lists_what_a_run_changed_and_what_it_scored(tmp_path):
     assert row["run"] == "short" and row["steps"] == 2
     assert "max_steps=2" in row["changes"] and "augmentations=3" in row["changes"] and "device" not in row["changes"]
     assert row["val exact"].endswith("%") and row["test pass@2"] == "-"   # not evaluated
+
+
+def test_a_sweep_trains_each_variant_into_its_folder_and_tabulates_them(tmp_path, capsys):
+    code = sc.main(["sweep", "--runs-root", str(tmp_path), "--profile", "smoke", "--slots", "2",
+                    "--set", "device=cpu", "max_steps=2", "w_feat=0", "seconds_budget=0",
+                    "--variant", "plain", "--variant", "more", "augmentations=3", "translate=true"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| plain |" in out and "| more |" in out and "augmentations=3 translate=True" in out
+    for name in ("plain", "more"):
+        summary = json.loads((tmp_path / name / "train_summary.json").read_text())
+        assert summary["steps"] == 2 and "pass@2" in summary["test"]        # trained, then evaluated
+        assert (tmp_path / name / "predictions.json").exists()
+    with pytest.raises(TypeError, match="unknown parameter"):
+        sc.main(["sweep", "--runs-root", str(tmp_path), "--variant", "typo", "augmentationz=3"])
