@@ -44,13 +44,16 @@ def test_processes_share_each_batch_and_see_every_row_once_per_epoch(split):
 
 
 def test_two_processes_train_like_one_with_the_same_batch(split, tmp_path):
-    two = sc.torchrun("train", config(gpus=2, max_steps=6), tmp_path / "two")
+    recipe = dict(max_steps=6, translate=True, ema_decay=0.9)   # offsets and average: any world size
+    two = sc.torchrun("train", config(gpus=2, **recipe), tmp_path / "two")
     assert two["processes"] == 2 and two["replicas_identical"] and two["steps"] == 6
-    one = sc.train(config(max_steps=6), split, tmp_path / "one", progress=False)
+    one = sc.train(config(**recipe), split, tmp_path / "one", progress=False)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     sc.seed_everything(0)
     start = sc.build_student(config()["student"], one["task_ids"]).state_dict()
     assert max_difference(a, b) < 1e-5 < max_difference(a, start) / 100   # training moved them far more
+    averages = [sc.load_checkpoint(tmp_path / d / "checkpoints" / "last.pt")["ema"] for d in ("one", "two")]
+    assert max_difference(*averages) < 1e-5
     # rank 0 alone wrote the logs: one line per logged step
     logged = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if r["kind"] == "train"] == [2, 4, 6]
