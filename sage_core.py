@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import importlib.metadata
 import json
 import math
@@ -101,7 +102,6 @@ ROOT = Path(__file__).resolve().parent
 
 def resolve_device(device: str = "auto") -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; an explicit device is checked."""
-    import torch
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -114,8 +114,6 @@ def resolve_device(device: str = "auto") -> str:
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) from one number."""
     import random
-
-    import torch
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -1471,15 +1469,17 @@ class FeatureStore:
         longest observation: the input of the features student (a store built with
         store_tokens). Filled one shard at a time, so memory holds the result and one shard
         (full-size tokens are about 21 MB per example)."""
-        shapes = {t: self._open(t)[1] for t in dict.fromkeys(ex.task_id for ex in examples)}
+        by_task: dict[str, list[int]] = {}
+        for i, ex in enumerate(examples):
+            by_task.setdefault(ex.task_id, []).append(i)
+        shapes = {t: self._open(t)[1] for t in by_task}
         if any("tokens" not in s for s in shapes.values()):
             raise StoreMismatch(f"{self.dir} keeps no 'tokens': build it with store_tokens=True")
-        shapes = {t: s["tokens"] for t, s in shapes.items()}
-        n_tokens, dim = max(s[1] for s in shapes.values()), next(iter(shapes.values()))[2]
+        n_tokens = max(s["tokens"][1] for s in shapes.values())
+        dim = next(iter(shapes.values()))["tokens"][2]
         tokens = torch.zeros(len(examples), n_tokens, dim, dtype=torch.bfloat16, device=device)
         mask = torch.zeros(len(examples), n_tokens, dtype=torch.bool, device=device)
-        for task_id in shapes:
-            where = [i for i, ex in enumerate(examples) if ex.task_id == task_id]
+        for task_id, where in by_task.items():
             shard_tokens, shard_mask = self._rows([examples[i] for i in where], ("tokens", "token_mask"))
             n = shard_tokens.shape[1]
             tokens[where, :n] = shard_tokens.to(device, torch.bfloat16)
@@ -2427,6 +2427,7 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
 
     total = rc.epochs * len(batches_of(0))
     peak = peak_flops(device)
+    flops_for = functools.lru_cache(None)(lambda tokens: flops_per_example(model, tokens))   # per canvas
     metrics = open(run_dir / "metrics.jsonl", "a") if lead else None
     tb = SummaryWriter(str(run_dir / "tensorboard")) if lead else None
     bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not (progress and lead))
@@ -2510,7 +2511,7 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
                 state.batch_in_epoch += 1
                 bar.update(1)
                 window["examples"] += len(rows)
-                window["flops"] += len(rows) * flops_per_example(model, example_tokens(model, inputs))
+                window["flops"] += len(rows) * flops_for(example_tokens(model, inputs))
                 # one log line every log_every steps
                 if state.step % tc.log_every == 0:
                     check(pending)
@@ -3908,22 +3909,29 @@ def bench_students(device: str = "auto") -> dict[str, Any]:
     return out
 
 
+def _training_rate(cfg: dict[str, Any], split: Split, store=None) -> tuple[dict[str, Any], float, float | None]:
+    """Train briefly in a temporary folder: the summary, and the mean examples/s and MFU of
+    the logged windows after the first (which holds the compilation)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(cfg, split, tmp, store, progress=False)
+        logs = read_metrics(tmp)["train"][1:] or read_metrics(tmp)["train"]
+    mfu = float(np.mean([r["mfu"] for r in logs])) if logs[0]["mfu"] is not None else None
+    return result, float(np.mean([r["examples_per_s"] for r in logs])), mfu
+
+
 def bench_train(device: str = "auto") -> dict[str, Any]:
     """Training throughput of the grid student on the ARC-AGI-1 protocol split: seed size and
     batch 256 on CUDA (encoder blocks compiled), the cpu profile's small student on the CPU;
     and the share of a step that building its batch takes (timed alone, synchronised: an
     upper bound, since in training it overlaps the device's work)."""
-    import tempfile
     device = resolve_device(device)
     cuda = device.startswith("cuda")
     overrides = dict(device=device, w_feat=0.0, seconds_budget=0.0, patience=10**6,
                      max_steps=300 if cuda else 20, log_every=100 if cuda else 10, epochs=100)
     cfg = build_config("default" if cuda else "cpu", **overrides, **({"batch_size": 256} if cuda else {}))
     split = config_split(cfg["data"], cfg["run"].seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = train(cfg, split, tmp, progress=False)
-        logs = read_metrics(tmp)["train"][1:] or read_metrics(tmp)["train"]   # skip compile warm-up
-    rate = float(np.mean([r["examples_per_s"] for r in logs]))
+    result, rate, mfu = _training_rate(cfg, split)
     sc_ = cfg["student"]
     bank = make_bank(split, "train", task_versions(split.tasks, cfg["data"].augmentations, 0),
                      sc_.canvas_bucket, device)
@@ -3936,9 +3944,7 @@ def bench_train(device: str = "auto") -> dict[str, Any]:
         _sync(device)
     data_seconds = _timed(build_batches, 1)
     return {"parameters": result["parameters"], "batch_size": cfg["run"].batch_size,
-            "examples_per_s": rate,
-            "mfu": float(np.mean([r["mfu"] for r in logs])) if cuda and logs[0]["mfu"] else None,
-            "data_share_of_step": data_seconds / (sum(len(b) for b in batches) / rate)}
+            "examples_per_s": rate, "mfu": mfu, "data_share_of_step": data_seconds / (sum(len(b) for b in batches) / rate)}
 
 
 class _RandomTokenStore:
@@ -3963,7 +3969,6 @@ def bench_seed_config(device: str = "auto") -> dict[str, Any]:
     5,169 tokens per observation, batch 16, lr 1e-4, the seed's loss. The training loop runs
     on a subset of tasks with random tokens; the time of 100 epochs over 1,718 examples is
     projected from its measured rate. The CPU runs the cpu profile's student on 369 tokens."""
-    import tempfile
     device = resolve_device(device)
     cuda = device.startswith("cuda")
     n_tokens = 2 * EAGLE_TILES * 256 + 49 if cuda else 369
@@ -3971,13 +3976,9 @@ def bench_seed_config(device: str = "auto") -> dict[str, Any]:
                        lr=1e-4, max_tasks=40 if cuda else 4, seconds_budget=0.0, patience=10**6,
                        max_steps=150 if cuda else 6, log_every=50 if cuda else 3, epochs=100)
     split = config_split(cfg["data"], cfg["run"].seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = train(cfg, split, tmp, _RandomTokenStore(n_tokens, 2048), progress=False)
-        logs = read_metrics(tmp)["train"][1:] or read_metrics(tmp)["train"]   # skip compile warm-up
-    rate = float(np.mean([r["examples_per_s"] for r in logs]))
+    result, rate, mfu = _training_rate(cfg, split, _RandomTokenStore(n_tokens, 2048))
     return {"parameters": result["parameters"], "tokens": n_tokens, "batch_size": 16,
-            "examples_per_s": rate,
-            "mfu": float(np.mean([r["mfu"] for r in logs])) if cuda and logs[0]["mfu"] else None,
+            "examples_per_s": rate, "mfu": mfu,
             "projected_minutes_100_epochs_1718_examples": 100 * 1718 / rate / 60}
 
 
