@@ -1928,6 +1928,7 @@ class TrainConfig:
     grad_clip: float = 1.0         # max global gradient norm
     max_steps: int = 0             # stop after this many optimizer steps, 0 means epochs decide
     seconds_budget: float = 600.0  # seconds before a clean stop, per run (a resume gets its own); 0: none
+    schedule: str = "epochs"       # epochs: the schedule spans `epochs` | budget: fitted to seconds_budget
     patience: int = 10             # epochs without a better validation exact-grid score
     log_every: int = 50            # steps between log lines
     resume: bool = False           # continue from the run's last checkpoint
@@ -2020,12 +2021,19 @@ def batch_inputs(bank: ExampleBank, rows: torch.Tensor) -> tuple[tuple[torch.Ten
     return (bank.cells[rows, :s, :s].long(), bank.task_index[rows]), target
 
 
+# Steps of a run between which its speed is measured to fit the schedule to the budget: late
+# enough that the first compilations (one per canvas size) are behind.
+FIT_STEPS = (40, 160)
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak; a multiplier of cfg.lr."""
-    warm = max(1, int(cfg.warmup_fraction * total))
+    """Linear warm-up, then cosine decay to 10% of the peak; a multiplier of cfg.lr. A schedule
+    fitted to the budget warms up until the fit (its length is known before it), so the fitted
+    cosine starts where the warm-up ends."""
+    warm = FIT_STEPS[1] if cfg.schedule == "budget" else max(1, int(cfg.warmup_fraction * total))
     if step < warm:
         return (step + 1) / warm
-    progress = min(1.0, (step - warm) / max(1, total - warm))
+    progress = min(1.0, (step - warm) / max(1, total - 1 - warm))   # the last step at the floor
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -2177,6 +2185,7 @@ class TrainState:
     best_exact: float = -1.0
     epochs_since_best: int = 0
     seconds: float = 0.0
+    total_steps: int = 0       # the schedule's length once fitted to the budget (schedule="budget")
 
 
 def _rng_state(device: str) -> dict[str, Any]:
@@ -2332,6 +2341,16 @@ def _replicas_identical(params: Sequence[torch.Tensor]) -> bool:
     return sum_over_ranks((mine != reference).any().double().reshape(1)).item() == 0
 
 
+def fitted_total(step: int, total: int, seconds_per_step: float, seconds_left: float, device: str) -> int:
+    """Steps the schedule spans so it ends within the budget: the steps done, plus those the
+    seconds left allow at the measured speed less 3% for validation passes, at most `total`.
+    Processes average their estimates, so all agree."""
+    estimate = torch.tensor([step + 0.97 * max(0.0, seconds_left) / seconds_per_step, 1.0],
+                            dtype=torch.float64, device=device)
+    estimate, processes = sum_over_ranks(estimate).tolist()
+    return max(step + 1, min(total, int(estimate / processes)))
+
+
 def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
           store: "FeatureStore | None" = None, progress: bool = True) -> dict[str, Any]:
     """Train a student on split.train; validate on split.val each epoch; keep best and last
@@ -2425,7 +2444,10 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     def batches_of(epoch: int) -> list[torch.Tensor]:   # global batches, the same for any world
         return epoch_batches(train_bank, tokens_per_batch, sc_.task_tokens, rc.seed, epoch, world)
 
-    total = rc.epochs * len(batches_of(0))
+    total = state.total_steps or rc.epochs * len(batches_of(0))
+    fit = tc.schedule == "budget" and tc.seconds_budget > 0 and not state.total_steps
+    if tc.schedule not in ("epochs", "budget"):
+        raise ValueError(f"schedule must be 'epochs' or 'budget', not {tc.schedule!r}")
     peak = peak_flops(device)
     flops_for = functools.lru_cache(None)(lambda tokens: flops_per_example(model, tokens))   # per canvas
     metrics = open(run_dir / "metrics.jsonl", "a") if lead else None
@@ -2435,6 +2457,7 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     started = time.perf_counter()
     clock = started - state.seconds   # training time over every resumption, for the records
     pending = None         # the previous step's loss parts, checked one step late (no sync)
+    run_start, fit_clock = state.step, 0.0
     stop_reason = "epochs"
 
     def say(line: str) -> None:
@@ -2529,8 +2552,18 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
                         + f"), cell acc {values['cell_acc']:.3f}, lr {values['lr']:.2e}, grad "
                         f"{values['grad_norm']:.2f}, {values['examples_per_s']:.0f} ex/s{mfu}")
                     window.update(examples=0, flops=0.0, t=time.perf_counter())
+                if fit and state.step - run_start == FIT_STEPS[0]:
+                    fit_clock = time.perf_counter()
+                elif fit and state.step - run_start == FIT_STEPS[1]:
+                    total = state.total_steps = fitted_total(
+                        state.step, total, (time.perf_counter() - fit_clock) / (FIT_STEPS[1] - FIT_STEPS[0]),
+                        tc.seconds_budget - (time.perf_counter() - started), device)
+                    bar.total = total
+                    say(f"schedule fitted to the budget: {total} steps")
                 # stop at the step or wall-clock budget (processes agree every 10 steps)
-                if tc.max_steps and state.step >= tc.max_steps:
+                if state.total_steps and state.step >= total:   # a fitted schedule ends mid-epoch
+                    stop_reason = "schedule"
+                elif tc.max_steps and state.step >= tc.max_steps:
                     stop_reason = "max_steps"
                 elif tc.seconds_budget and (world == 1 or state.step % 10 == 0) and _any_process(
                         time.perf_counter() - started >= tc.seconds_budget, device):
@@ -2565,7 +2598,7 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
             print(f"interrupted: the last checkpoint is {last}")
         raise
     check(pending)
-    if stop_reason in ("max_steps", "seconds_budget"):   # a budget ended mid-epoch: score it too
+    if stop_reason in ("max_steps", "seconds_budget", "schedule"):   # ended mid-epoch: score it too
         val = scored()
         record("val", val)
         if val["exact"] > state.best_exact:

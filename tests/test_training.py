@@ -241,3 +241,16 @@ def test_translated_training_resumes_bit_exactly(split, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     plain = sc.train(config(max_steps=6), split, tmp_path / "plain", progress=False)
     assert plain["steps"] == 6 and any(not torch.equal(a[k], weights(tmp_path / "plain")[k]) for k in a)
+
+
+def test_a_budget_schedule_ends_its_cosine_within_the_seconds_budget(split, tmp_path, monkeypatch):
+    monkeypatch.setattr(sc, "FIT_STEPS", (2, 6))   # a CPU steps slowly: measure early
+    out = sc.train(config(schedule="budget", seconds_budget=4.0, epochs=100_000, log_every=1), split,
+                   tmp_path, progress=False)
+    # "schedule", not "seconds_budget": the fitted schedule ran out before the budget did
+    assert out["stop"] == "schedule" and sc.FIT_STEPS[1] < out["total_steps"] == out["steps"] < 100_000
+    lrs = [r["lr"] for r in sc.read_metrics(tmp_path)["train"]]
+    peak = sc.TrainConfig.lr
+    assert lrs[sc.FIT_STEPS[1]] == pytest.approx(peak)       # warm-up until the fit, then its cosine
+    assert lrs[-1] == pytest.approx(0.1 * peak)              # at its floor (10% of the peak) in time
+    assert sc.load_checkpoint(tmp_path / "checkpoints" / "last.pt")["state"]["total_steps"] == out["total_steps"]
