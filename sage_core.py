@@ -2343,9 +2343,10 @@ def _replicas_identical(params: Sequence[torch.Tensor]) -> bool:
 
 def fitted_total(step: int, total: int, seconds_per_step: float, seconds_left: float, device: str) -> int:
     """Steps the schedule spans so it ends within the budget: the steps done, plus those the
-    seconds left allow at the measured speed less 3% for validation passes, at most `total`.
+    seconds left allow at the measured speed less 2% (the final validation and checkpoint),
+    at most `total`.
     Processes average their estimates, so all agree."""
-    estimate = torch.tensor([step + 0.97 * max(0.0, seconds_left) / seconds_per_step, 1.0],
+    estimate = torch.tensor([step + 0.98 * max(0.0, seconds_left) / seconds_per_step, 1.0],
                             dtype=torch.float64, device=device)
     estimate, processes = sum_over_ranks(estimate).tolist()
     return max(step + 1, min(total, int(estimate / processes)))
@@ -2457,7 +2458,7 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     started = time.perf_counter()
     clock = started - state.seconds   # training time over every resumption, for the records
     pending = None         # the previous step's loss parts, checked one step late (no sync)
-    run_start, fit_clock = state.step, 0.0
+    run_start, mark, refit_at = state.step, (0, 0.0), -1   # budget fits: last speed mark, second fit
     stop_reason = "epochs"
 
     def say(line: str) -> None:
@@ -2552,14 +2553,20 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
                         + f"), cell acc {values['cell_acc']:.3f}, lr {values['lr']:.2e}, grad "
                         f"{values['grad_norm']:.2f}, {values['examples_per_s']:.0f} ex/s{mfu}")
                     window.update(examples=0, flops=0.0, t=time.perf_counter())
-                if fit and state.step - run_start == FIT_STEPS[0]:
-                    fit_clock = time.perf_counter()
-                elif fit and state.step - run_start == FIT_STEPS[1]:
-                    total = state.total_steps = fitted_total(
-                        state.step, total, (time.perf_counter() - fit_clock) / (FIT_STEPS[1] - FIT_STEPS[0]),
-                        tc.seconds_budget - (time.perf_counter() - started), device)
-                    bar.total = total
-                    say(f"schedule fitted to the budget: {total} steps")
+                # schedule="budget": fit the schedule to the budget from the speed measured
+                # after the first compilations, then refit a quarter of the way in from the
+                # steady speed (validation passes included), which the first window overstates
+                if fit and state.step - run_start in (FIT_STEPS[0], FIT_STEPS[1], refit_at):
+                    now = time.perf_counter()
+                    if state.step - run_start > FIT_STEPS[0]:
+                        total = state.total_steps = fitted_total(
+                            state.step, rc.epochs * len(batches_of(0)), (now - mark[1]) / (state.step - mark[0]),
+                            tc.seconds_budget - (now - started), device)
+                        bar.total = total
+                        say(f"schedule fitted to the budget: {total} steps")
+                        if state.step - run_start == FIT_STEPS[1]:
+                            refit_at = FIT_STEPS[1] + (total - state.step) // 4
+                    mark = (state.step, now)
                 # stop at the step or wall-clock budget (processes agree every 10 steps)
                 if state.total_steps and state.step >= total:   # a fitted schedule ends mid-epoch
                     stop_reason = "schedule"
@@ -3494,11 +3501,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"width": 64, "depth": 2, "heads": 4, "decoder_hidden": 256, "augmentations": 2,
             "batch_size": 16, "epochs": 3, "seconds_budget": 300.0},
     "default": {},
-    # The headline run on one H200: 32 versions per task (a 440-s run reached pass@2 2.5%; runs
-    # of 190 s and 141 s with 8 versions 0.25% and 0.5%), batch 256 (MFU 43%), no teacher term,
-    # a schedule of 32 epochs that about 9 minutes of training complete. For longer, raise
-    # epochs and continue with resume=True: each resumed run gets its own seconds_budget.
-    "full": {"augmentations": 32, "batch_size": 256, "epochs": 32, "seconds_budget": 540.0,
+    # The headline run on one H200: 32 versions per task, batch 256 (MFU 43%), no teacher term,
+    # the cosine schedule fitted to a 9-minute budget (README "Results" has what it scored). For
+    # longer, raise seconds_budget; to continue a run in pieces use schedule="epochs" with resume.
+    "full": {"augmentations": 32, "batch_size": 256, "epochs": 1000, "seconds_budget": 540.0, "schedule": "budget",
              "patience": 1000, "log_every": 200, "w_feat": 0.0},
 }
 
@@ -3520,22 +3526,25 @@ def _field_defaults() -> dict[str, tuple[str, Any]]:
     return out
 
 
-def build_config(profile: str = "default", **params: Any) -> dict[str, Any]:
+def build_config(profile: str = "default", forced: dict[str, Any] | None = None, **params: Any) -> dict[str, Any]:
     """{section: dataclass} from a profile and flat parameters (a notebook's parameters cell).
 
-    Order: dataclass defaults, then the profile's values for the fields left at their defaults,
-    then every parameter that differs from its default. (To force a default value under a
-    profile that changes it, use profile='default'.) Unknown names raise: papermill only warns
+    Order: dataclass defaults, then the profile's values, then every parameter that differs
+    from its default (a parameters cell lists every field, so a default there is no choice),
+    then `forced`: values chosen explicitly (`--set` on the command line, a resolved config),
+    which apply even where they equal the default. Unknown names raise: papermill only warns
     about a mistyped parameter, so this is where typos are caught."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     defaults = _field_defaults()
-    unknown = sorted(set(params) - set(defaults))
+    forced = forced or {}
+    unknown = sorted((set(params) | set(forced)) - set(defaults))
     if unknown:
         raise TypeError(f"unknown parameter(s) {unknown}; known: {sorted(defaults)}")
     values = {name: default for name, (_, default) in defaults.items()}
     values.update(PROFILES[profile])
     values.update({k: v for k, v in params.items() if v != defaults[k][1]})
+    values.update(forced)
     values["profile"] = profile
     for name, value in values.items():
         expected = type(defaults[name][1])
@@ -3562,7 +3571,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 def flat_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """{field: value} of a built config but its profile: build_config(cfg["run"].profile,
-    **flat_config(cfg)) gives cfg back."""
+    forced=flat_config(cfg)) gives cfg back."""
     return {k: v for section in cfg.values() for k, v in dataclasses.asdict(section).items()
             if k != "profile"}
 
@@ -3660,18 +3669,20 @@ _BOOKKEEPING = {"run_dir", "device", "log_every", "publish_figures", "interactiv
 
 def results_table(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """One row per training run folder (train_config.json and train_summary.json, as `train`
-    writes them): what it changed from the dataclass defaults, its length, and its scores on
-    the validation pairs and, where it was evaluated, on the held-out test pairs."""
-    defaults = {name: default for name, (_, default) in _field_defaults().items()}
+    writes them): its profile and what it changed from it, its length, and its scores on the
+    validation pairs and, where it was evaluated, on the held-out test pairs."""
     rows = []
     for run_dir in map(Path, run_dirs):
         config = json.loads((run_dir / "train_config.json").read_text())["config"]
         summary = json.loads((run_dir / "train_summary.json").read_text())
+        profile = config["run"]["profile"]
+        baseline = {**{name: default for name, (_, default) in _field_defaults().items()}, **PROFILES[profile]}
         flat = {k: v for section in config.values() for k, v in section.items()}
-        changed = {k: v for k, v in flat.items() if k not in _BOOKKEEPING and v != defaults.get(k, v)}
+        changed = {k: v for k, v in flat.items() if k not in _BOOKKEEPING and v != baseline.get(k, v)}
         test = summary.get("test", {})
         percent = lambda v: f"{100 * v:.2f}%" if isinstance(v, float) else "-"  # noqa: E731
-        rows.append({"run": run_dir.name, "changes": " ".join(f"{k}={v}" for k, v in changed.items()),
+        rows.append({"run": run_dir.name, "profile": profile,
+                     "changes": " ".join(f"{k}={v}" for k, v in changed.items()) or "-",
                      "parameters": f"{summary['parameters'] / 1e6:.1f}M", "steps": summary["steps"],
                      "epochs": summary["epochs"], "minutes": f"{summary['seconds'] / 60:.1f}",
                      "val exact": percent(summary["best_val_exact"]),
@@ -3751,9 +3762,15 @@ def run_pipeline(profile: str = "default", device: str = "auto", run_id: str | N
     books = list_notebooks(start, only)
     profile = resolve_profile(profile, device)
     run_dir = Path(runs_root).resolve() / (run_id or _run_id())
-    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     build_config(profile, device=device, **overrides)   # fail on a bad parameter before any work
+    defaults = _field_defaults()
+    lost = [f"{k}={v}" for k, v in overrides.items() if v == defaults[k][1] != PROFILES[profile].get(k, v)]
+    if lost:   # a notebook cannot tell a default it is given from its own
+        raise ValueError(f"{', '.join(lost)}: the default value, which profile {profile!r} replaces; the "
+                         "notebooks would read it as no choice. Use --profile default with the profile's "
+                         "other settings, or train with `python -m sage_core train --set`")
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     params = {"run_dir": str(run_dir), "profile": profile, "device": device, **overrides}
     # A partial run (--from, --only) into an existing folder keeps the earlier notebooks' record.
     earlier = run_dir / "run.json"
@@ -4112,7 +4129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "extract":
         if args.config:
             request = json.loads(Path(args.config).read_text())
-            cfg = build_config(request["profile"], **request["params"])
+            cfg = build_config(request["profile"], forced=request["params"])
         else:
             cfg = build_config(args.profile, device=args.device, batch_size=args.batch_size,
                                train_set=args.train_set, eval_set=args.eval_set, max_tasks=args.max_tasks,
@@ -4129,8 +4146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "train":
         request = json.loads(Path(args.config).read_text()) if args.config else {"profile": args.profile, "params": {}}
-        cfg = build_config(request["profile"], **{**request["params"], **parse_overrides(args.set),
-                                                  "run_dir": args.run_dir})
+        cfg = build_config(request["profile"], forced={**request["params"], **parse_overrides(args.set),
+                                                       "run_dir": args.run_dir})
         split = config_split(cfg["data"], cfg["run"].seed)
         if cfg["run"].gpus > 1 and distributed_rank()[1] == 1:
             result = torchrun("train", cfg, args.run_dir)

@@ -36,10 +36,12 @@ def test_resolve_device():
 def test_results_table_lists_what_a_run_changed_and_what_it_scored(tmp_path):
     run = tmp_path / "short"
     assert sc.main(["train", "--profile", "smoke", "--run-dir", str(run), "--set", "device=cpu",
-                    "max_steps=2", "w_feat=0", "seconds_budget=0", "augmentations=3"]) == 0
+                    "max_steps=2", "w_feat=0", "seconds_budget=0", "augmentations=3", "batch_size=64"]) == 0
     (row,) = sc.results_table([run])
-    assert row["run"] == "short" and row["steps"] == 2
+    assert row["run"] == "short" and row["steps"] == 2 and row["profile"] == "smoke"
     assert "max_steps=2" in row["changes"] and "augmentations=3" in row["changes"] and "device" not in row["changes"]
+    # batch_size=64 is the dataclass default but not smoke's 8: set explicitly, it holds and shows
+    assert "batch_size=64" in row["changes"] and "width" not in row["changes"]
     assert row["val exact"].endswith("%") and row["test pass@2"] == "-"   # not evaluated
 
 
@@ -56,3 +58,17 @@ def test_a_sweep_trains_each_variant_into_its_folder_and_tabulates_them(tmp_path
         assert (tmp_path / name / "predictions.json").exists()
     with pytest.raises(TypeError, match="unknown parameter"):
         sc.main(["sweep", "--runs-root", str(tmp_path), "--variant", "typo", "augmentationz=3"])
+
+
+def test_an_explicit_setting_holds_even_where_it_equals_the_default():
+    assert sc.PROFILES["full"]["w_feat"] == 0.0 != sc.LossConfig.w_feat
+    assert sc.build_config("full", w_feat=0.5)["loss"].w_feat == 0.0    # a parameters cell's default: no choice
+    cfg = sc.build_config("full", forced={"w_feat": 0.5})
+    assert cfg["loss"].w_feat == 0.5
+    assert sc.build_config("full", forced=sc.flat_config(cfg)) == cfg
+
+
+def test_the_pipeline_refuses_a_default_that_its_profile_would_replace(tmp_path):
+    with pytest.raises(ValueError, match="w_feat=0.5"):
+        sc.run_pipeline("full", "cpu", runs_root=tmp_path, run_id="x", w_feat=0.5)
+    assert not (tmp_path / "x").exists()   # refused before anything was written
