@@ -3578,9 +3578,11 @@ def flat_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def config_params(namespace: dict[str, Any]) -> dict[str, Any]:
     """The config fields defined in a namespace: a notebook passes globals() after its
-    parameters cell, so every parameter it mirrors (and papermill injected) reaches the config."""
+    parameters cell, so every parameter it mirrors (and papermill injected) reaches the config,
+    with the settings the pipeline was given explicitly (`forced_settings`) as `forced`."""
     names = _field_defaults()
-    return {k: v for k, v in namespace.items() if k in names}
+    return {**{k: v for k, v in namespace.items() if k in names},
+            "forced": dict(namespace.get("forced_settings") or {})}
 
 
 def _git_commit() -> str:
@@ -3705,11 +3707,11 @@ def training_store(cfg: dict[str, Any], run_dir: str | os.PathLike) -> FeatureSt
     return FeatureStore(store_path(cfg, run_dir)).check(cfg["teacher"].teacher)
 
 
-def open_run(step: str, profile: str = "default", **params: Any) -> Run:
+def open_run(step: str, profile: str = "default", forced: dict[str, Any] | None = None, **params: Any) -> Run:
     """Start a notebook step: build the config, create the run folder, record the config, seed.
 
     Relative run_dir paths are taken from the project root, so notebooks work from any cwd."""
-    config = build_config(profile, **params)
+    config = build_config(profile, forced=forced, **params)
     run_dir = Path(config["run"].run_dir)
     run_dir = run_dir if run_dir.is_absolute() else ROOT / run_dir
     for sub in ("figures", "steps", "configs"):
@@ -3763,15 +3765,12 @@ def run_pipeline(profile: str = "default", device: str = "auto", run_id: str | N
     profile = resolve_profile(profile, device)
     run_dir = Path(runs_root).resolve() / (run_id or _run_id())
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    build_config(profile, device=device, **overrides)   # fail on a bad parameter before any work
-    defaults = _field_defaults()
-    lost = [f"{k}={v}" for k, v in overrides.items() if v == defaults[k][1] != PROFILES[profile].get(k, v)]
-    if lost:   # a notebook cannot tell a default it is given from its own
-        raise ValueError(f"{', '.join(lost)}: the default value, which profile {profile!r} replaces; the "
-                         "notebooks would read it as no choice. Use --profile default with the profile's "
-                         "other settings, or train with `python -m sage_core train --set`")
+    build_config(profile, device=device, forced=overrides)   # fail on a bad parameter before any work
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    params = {"run_dir": str(run_dir), "profile": profile, "device": device, **overrides}
+    # forced_settings: the notebooks cannot tell a value they are given from their parameters
+    # cell's default, so the chosen ones travel by name too and hold even where they equal it
+    params = {"run_dir": str(run_dir), "profile": profile, "device": device, **overrides,
+              "forced_settings": overrides}
     # A partial run (--from, --only) into an existing folder keeps the earlier notebooks' record.
     earlier = run_dir / "run.json"
     notebooks = json.loads(earlier.read_text())["notebooks"] if (start or only) and earlier.exists() else {}

@@ -68,7 +68,8 @@ def test_an_explicit_setting_holds_even_where_it_equals_the_default():
     assert sc.build_config("full", forced=sc.flat_config(cfg)) == cfg
 
 
-def test_the_pipeline_refuses_a_default_that_its_profile_would_replace(tmp_path):
-    with pytest.raises(ValueError, match="w_feat=0.5"):
-        sc.run_pipeline("full", "cpu", runs_root=tmp_path, run_id="x", w_feat=0.5)
-    assert not (tmp_path / "x").exists()   # refused before anything was written
+def test_a_notebook_keeps_a_setting_the_pipeline_was_given_even_where_it_equals_the_default():
+    cell = {"profile": "full", "w_feat": 0.5, "lr": 3e-4, "unrelated": 1}   # the parameters cell's values
+    assert sc.build_config(**sc.config_params(cell))["loss"].w_feat == 0.0     # the profile's
+    injected = {**cell, "forced_settings": {"w_feat": 0.5}}                  # `pipeline --set w_feat=0.5`
+    assert sc.build_config(**sc.config_params(injected))["loss"].w_feat == 0.5
