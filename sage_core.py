@@ -73,7 +73,7 @@ __all__ = [
     # 9. Training
     "TrainConfig", "ExampleBank", "TrainState", "TrainingDiverged", "task_versions", "version_ids",
     "make_bank", "epoch_batches", "lr_at", "train", "SignSGD", "OptimizerSet", "WeightAverage",
-    "student_weights", "validate", "grid_scores", "save_checkpoint",
+    "student_weights", "student_from_checkpoint", "validate", "grid_scores", "save_checkpoint",
     "load_checkpoint", "read_metrics", "plot_learning_curves", "SageTeacher",
     # 10. Evaluation and scoring
     "measure_speed", "score_predictions", "copy_baseline", "vote", "voted_predictions",
@@ -2145,6 +2145,19 @@ def student_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {**checkpoint["model"], **checkpoint.get("ema", {})}
 
 
+def student_from_checkpoint(checkpoint: dict[str, Any], device: str) -> torch.nn.Module:
+    """The student a loaded checkpoint holds, with the weights to predict with, in eval mode;
+    its sizes come from the checkpoint's config and weights."""
+    cfg = StudentConfig(**checkpoint["meta"]["config"]["student"])
+    weights = student_weights(checkpoint)
+    if cfg.student == "features":
+        model = build_student(cfg, teacher_dim=weights["project.weight"].shape[1], max_tokens=weights["pos"].shape[0])
+    else:
+        model = build_student(cfg, len(checkpoint["meta"]["version_ids"]))
+    model.load_state_dict(weights)
+    return model.to(device).eval()
+
+
 def example_tokens(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
     """Tokens the encoder sees per example of a batch: canvas cells plus task tokens for the
     grid student, teacher tokens for the features student."""
@@ -2344,8 +2357,7 @@ def _replicas_identical(params: Sequence[torch.Tensor]) -> bool:
 def fitted_total(step: int, total: int, seconds_per_step: float, seconds_left: float, device: str) -> int:
     """Steps the schedule spans so it ends within the budget: the steps done, plus those the
     seconds left allow at the measured speed less 2% (the final validation and checkpoint),
-    at most `total`.
-    Processes average their estimates, so all agree."""
+    at most `total`. Processes average their estimates, so all agree."""
     estimate = torch.tensor([step + 0.98 * max(0.0, seconds_left) / seconds_per_step, 1.0],
                             dtype=torch.float64, device=device)
     estimate, processes = sum_over_ranks(estimate).tolist()
@@ -2371,6 +2383,8 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if tc.schedule not in ("epochs", "budget"):
+        raise ValueError(f"schedule must be 'epochs' or 'budget', not {tc.schedule!r}")
     if last.exists() and not tc.resume:   # checked before any work: nothing is overwritten
         raise FileExistsError(f"{last} exists: set resume=True to continue that run, or train "
                               "into another run folder (nothing was overwritten)")
@@ -2447,8 +2461,6 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
 
     total = state.total_steps or rc.epochs * len(batches_of(0))
     fit = tc.schedule == "budget" and tc.seconds_budget > 0 and not state.total_steps
-    if tc.schedule not in ("epochs", "budget"):
-        raise ValueError(f"schedule must be 'epochs' or 'budget', not {tc.schedule!r}")
     peak = peak_flops(device)
     flops_for = functools.lru_cache(None)(lambda tokens: flops_per_example(model, tokens))   # per canvas
     metrics = open(run_dir / "metrics.jsonl", "a") if lead else None
@@ -2637,7 +2649,6 @@ class SageTeacher(Teacher):
     pretrained = True
 
     def __init__(self, path: str = "", device: str = "auto"):
-        from collections import OrderedDict
         if not path or not Path(path).exists():
             raise FileNotFoundError(f"sage teacher: no checkpoint at {path!r}; train one (notebook 05) "
                                     "and point teacher_path at runs/<run>/checkpoints/best.pt")
@@ -2645,9 +2656,8 @@ class SageTeacher(Teacher):
         self.path = str(Path(path).resolve())
         ck = load_checkpoint(self.path, self.device)
         meta = ck["meta"]
-        self.cfg = StudentConfig(**meta["config"]["student"])
-        self.model = GridStudent(self.cfg, len(meta["version_ids"])).to(self.device).eval()
-        self.model.load_state_dict(OrderedDict(student_weights(ck)))
+        self.model = student_from_checkpoint(ck, self.device)
+        self.cfg = self.model.cfg
         identity = "~" + Augmentation().name
         self.rows = {v[: -len(identity)]: i for i, v in enumerate(meta["version_ids"]) if v.endswith(identity)}
         self.canvas = meta["canvas"]
@@ -2848,12 +2858,10 @@ def evaluate_checkpoint(path: str | os.PathLike, split: Split, part: str = "test
     versions it was trained with (each version's own task embedding); a features student once
     per pair, from the teacher tokens in `store` (its one attempt is pass@1 and pass@2).
     Returns the scores and the voted records."""
-    from collections import OrderedDict
     device = resolve_device(device)
     ck = load_checkpoint(path, device)
     cfg = ck["meta"]["config"]
     scfg = StudentConfig(**cfg["student"])
-    weights = OrderedDict(student_weights(ck))
     features = scfg.student == "features"
     versions = task_versions(split.tasks, 1 if features else cfg["data"]["augmentations"], cfg["run"]["seed"])
     if version_ids(split.tasks, versions) != ck["meta"]["version_ids"]:
@@ -2864,12 +2872,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: Split, part: str = "test
             raise StoreMismatch(f"{path} holds a features student: it reads the teacher's tokens, so "
                                 "pass the feature store it was trained with")
         bank = with_tokens(bank, store, device)
-        model = build_student(scfg, teacher_dim=weights["project.weight"].shape[1],
-                              max_tokens=weights["pos"].shape[0]).to(device)
-    else:
-        model = GridStudent(scfg, len(ck["meta"]["version_ids"])).to(device)
-    model.load_state_dict(weights)
-    cells = predict_rows(model, bank, torch.arange(len(bank.cells)), device).cpu().numpy()
+    cells = predict_rows(student_from_checkpoint(ck, device), bank, torch.arange(len(bank.cells)), device).cpu().numpy()
     records = voted_predictions(split, part, cells, bank.examples, versions)
     return score_voted(records, split), records
 
