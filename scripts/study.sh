@@ -10,6 +10,7 @@
 #   b              (b) the stand-in's features (random weights: the control)
 #   cN             (c) the trained SAGE teacher's features and per-cell logits, seed N
 #   d              (d) the original plan's features student on the stand-in's tokens
+#   all            every stage above in that order, seeds 1 and 2 for rows a and c
 # Environment: PYTHON, PROFILE (full), DEVICE (cuda), BUDGET (seconds per row, 110),
 # TEACHER_BUDGET (280), PRESET (stand-in size, full).
 set -euo pipefail
@@ -36,5 +37,6 @@ case $stage in
   # the original plan's configuration: seed size, batch 16, lr 1e-4, the teacher's tokens as input
   d) train d $budget student=features teacher=standin teacher_preset="$preset" store_dir="$root/store-standin" \
        batch_size=16 lr=1e-4 w_feat=0.5 ;;
+  all) for s in teacher sage-store standin-store a1 a2 b c1 c2 d; do bash "$0" "$s" "$root"; done ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
