@@ -1929,6 +1929,7 @@ class TrainConfig:
     max_steps: int = 0             # stop after this many optimizer steps, 0 means epochs decide
     seconds_budget: float = 600.0  # seconds before a clean stop, per run (a resume gets its own); 0: none
     schedule: str = "epochs"       # epochs: the schedule spans `epochs` | budget: fitted to seconds_budget
+    schedule_seconds: float = 0.0  # budget: training seconds the schedule spans over resumed pieces; 0: one run's
     patience: int = 10             # epochs without a better validation exact-grid score
     log_every: int = 50            # steps between log lines
     resume: bool = False           # continue from the run's last checkpoint
@@ -2460,7 +2461,8 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
         return epoch_batches(train_bank, tokens_per_batch, sc_.task_tokens, rc.seed, epoch, world)
 
     total = state.total_steps or rc.epochs * len(batches_of(0))
-    fit = tc.schedule == "budget" and tc.seconds_budget > 0 and not state.total_steps
+    span = tc.schedule_seconds or tc.seconds_budget   # training seconds a budget schedule spans
+    fit = tc.schedule == "budget" and span > 0 and not state.total_steps
     peak = peak_flops(device)
     flops_for = functools.lru_cache(None)(lambda tokens: flops_per_example(model, tokens))   # per canvas
     metrics = open(run_dir / "metrics.jsonl", "a") if lead else None
@@ -2573,7 +2575,7 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
                     if state.step - run_start > FIT_STEPS[0]:
                         total = state.total_steps = fitted_total(
                             state.step, rc.epochs * len(batches_of(0)), (now - mark[1]) / (state.step - mark[0]),
-                            tc.seconds_budget - (now - started), device)
+                            span - (now - clock), device)
                         bar.total = total
                         say(f"schedule fitted to the budget: {total} steps")
                         if state.step - run_start == FIT_STEPS[1]:
@@ -3506,7 +3508,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
     # The headline run on one H200: 32 versions per task, batch 256 (MFU 43%), no teacher term,
     # the cosine schedule fitted to a 9-minute budget (README "Results" has what it scored). For
-    # longer, raise seconds_budget; to continue a run in pieces use schedule="epochs" with resume.
+    # longer than one run, schedule_seconds spans resumed pieces of seconds_budget each.
     "full": {"augmentations": 32, "batch_size": 256, "epochs": 1000, "seconds_budget": 540.0, "schedule": "budget",
              "patience": 1000, "log_every": 200, "w_feat": 0.0},
 }

@@ -257,3 +257,16 @@ def test_a_budget_schedule_ends_its_cosine_within_the_seconds_budget(split, tmp_
     assert lrs[sc.FIT_STEPS[1]] == pytest.approx(peak)       # warm-up until the fit, then its cosine
     assert lrs[-1] == pytest.approx(0.1 * peak)              # at its floor (10% of the peak) in time
     assert sc.load_checkpoint(tmp_path / "checkpoints" / "last.pt")["state"]["total_steps"] == out["total_steps"]
+
+
+def test_a_budget_schedule_can_span_resumed_pieces(split, tmp_path, monkeypatch):
+    monkeypatch.setattr(sc, "FIT_STEPS", (2, 6))
+    ticks = itertools.count()
+    monkeypatch.setattr(sc.time, "perf_counter", lambda: 0.01 * next(ticks))
+    piece = dict(schedule="budget", schedule_seconds=1.6, seconds_budget=0.8, epochs=100_000, log_every=1)
+    first = sc.train(config(**piece), split, tmp_path, progress=False)
+    assert first["stop"] == "seconds_budget" and first["steps"] < first["total_steps"]   # fitted beyond this piece
+    second = sc.train(config(**piece, resume=True), split, tmp_path, progress=False)
+    assert second["stop"] == "schedule" and second["steps"] == second["total_steps"] == first["total_steps"]
+    lrs = [r["lr"] for r in sc.read_metrics(tmp_path)["train"]]
+    assert lrs[-1] == pytest.approx(0.1 * sc.TrainConfig.lr)   # the cosine ended in the second piece
