@@ -2460,7 +2460,8 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
     def batches_of(epoch: int) -> list[torch.Tensor]:   # global batches, the same for any world
         return epoch_batches(train_bank, tokens_per_batch, sc_.task_tokens, rc.seed, epoch, world)
 
-    total = state.total_steps or rc.epochs * len(batches_of(0))
+    epoch_total = rc.epochs * len(batches_of(0))       # the schedule's length by epochs
+    total = state.total_steps or epoch_total
     span = tc.schedule_seconds or tc.seconds_budget   # training seconds a budget schedule spans
     fit = tc.schedule == "budget" and span > 0 and not state.total_steps
     peak = peak_flops(device)
@@ -2574,7 +2575,7 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
                     now = time.perf_counter()
                     if state.step - run_start > FIT_STEPS[0]:
                         total = state.total_steps = fitted_total(
-                            state.step, rc.epochs * len(batches_of(0)), (now - mark[1]) / (state.step - mark[0]),
+                            state.step, epoch_total, (now - mark[1]) / (state.step - mark[0]),
                             span - (now - clock), device)
                         bar.total = total
                         say(f"schedule fitted to the budget: {total} steps")
@@ -3159,7 +3160,7 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     timing = dict(repeats=5, warmup=3) if cuda else dict(repeats=2, warmup=1)
-    grid = SageTeacher(ev.checkpoint, device).model.to(dtype)
+    grid = student_from_checkpoint(load_checkpoint(ev.checkpoint, device), device).to(dtype)
     tasks = sorted({e.task_id for e in ev.split.test})
     sides = sorted(canvas_side(ev.split.tasks[t], grid.cfg.canvas_bucket) for t in tasks)
     rows = []
@@ -3683,7 +3684,7 @@ def results_table(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]
         config = json.loads((run_dir / "train_config.json").read_text())["config"]
         summary = json.loads((run_dir / "train_summary.json").read_text())
         profile = config["run"]["profile"]
-        baseline = {**{name: default for name, (_, default) in _field_defaults().items()}, **PROFILES[profile]}
+        baseline = flat_config(build_config(profile))
         flat = {k: v for section in config.values() for k, v in section.items()}
         changed = {k: v for k, v in flat.items() if k not in _BOOKKEEPING and v != baseline.get(k, v)}
         test = summary.get("test", {})
