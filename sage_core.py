@@ -2651,13 +2651,14 @@ class SageTeacher(Teacher):
     name = "sage"
     pretrained = True
 
-    def __init__(self, path: str = "", device: str = "auto"):
+    def __init__(self, path: str = "", device: str = "auto", loaded: dict[str, Any] | None = None):
+        """loaded: that checkpoint already in memory (as load_checkpoint returns it)."""
         if not path or not Path(path).exists():
             raise FileNotFoundError(f"sage teacher: no checkpoint at {path!r}; train one (notebook 05) "
                                     "and point teacher_path at runs/<run>/checkpoints/best.pt")
         self.device = resolve_device(device)
         self.path = str(Path(path).resolve())
-        ck = load_checkpoint(self.path, self.device)
+        ck = loaded if loaded is not None else load_checkpoint(self.path, self.device)
         meta = ck["meta"]
         self.model = student_from_checkpoint(ck, self.device)
         self.cfg = self.model.cfg
@@ -2862,22 +2863,30 @@ def evaluate_checkpoint(path: str | os.PathLike, split: Split, part: str = "test
     per pair, from the teacher tokens in `store` (its one attempt is pass@1 and pass@2).
     Returns the scores and the voted records."""
     device = resolve_device(device)
-    ck = load_checkpoint(path, device)
+    scores, records, _ = score_checkpoint(load_checkpoint(path, device), split, part, device, store, str(path))
+    return scores, records
+
+
+def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
+                     store: FeatureStore | None = None, name: str = "the checkpoint"
+                     ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, list[Augmentation]]]:
+    """evaluate_checkpoint on a loaded checkpoint `ck` (named `name` in errors); also returns
+    the task versions it voted over."""
     cfg = ck["meta"]["config"]
     scfg = StudentConfig(**cfg["student"])
     features = scfg.student == "features"
     versions = task_versions(split.tasks, 1 if features else cfg["data"]["augmentations"], cfg["run"]["seed"])
     if version_ids(split.tasks, versions) != ck["meta"]["version_ids"]:
-        raise ValueError(f"{path} was trained on other tasks or versions than this split's")
+        raise ValueError(f"{name} was trained on other tasks or versions than this split's")
     bank = make_bank(split, part, versions, scfg.canvas_bucket, device)
     if features:
         if store is None:
-            raise StoreMismatch(f"{path} holds a features student: it reads the teacher's tokens, so "
+            raise StoreMismatch(f"{name} holds a features student: it reads the teacher's tokens, so "
                                 "pass the feature store it was trained with")
         bank = with_tokens(bank, store, device)
     cells = predict_rows(student_from_checkpoint(ck, device), bank, torch.arange(len(bank.cells)), device).cpu().numpy()
     records = voted_predictions(split, part, cells, bank.examples, versions)
-    return score_voted(records, split), records
+    return score_voted(records, split), records, versions
 
 
 # --- 10b. A trained run on its held-out pairs: scores per pair, by size, galleries ---
@@ -2886,6 +2895,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: Split, part: str = "test
 class Evaluation:
     """A checkpoint scored on the evaluation tasks' test pairs (never trained on)."""
     checkpoint: str
+    loaded: dict[str, Any]          # that checkpoint as load_checkpoint returns it, on the CPU
     config: dict[str, Any]          # the checkpoint's own training config, as plain values
     step: int                       # optimizer steps behind the checkpoint
     teacher: str                    # the teacher it was trained against, as figures name it
@@ -2923,9 +2933,8 @@ def evaluate_run(checkpoint: str | os.PathLike, store_dir: str | os.PathLike,
                          "grid students (voting, galleries, speed of the trained model); score it with "
                          "evaluate_checkpoint(path, split, 'test', device, store) or `train --evaluate`")
     split = config_split(DataConfig(**cfg["data"]), cfg["run"]["seed"])
-    scores, records = evaluate_checkpoint(checkpoint, split, "test", device)
-    versions = task_versions(split.tasks, cfg["data"]["augmentations"], cfg["run"]["seed"])
-    return Evaluation(str(checkpoint), cfg, ck["state"]["step"], training_teacher(ck["meta"], store_dir),
+    scores, records, versions = score_checkpoint(ck, split, "test", device, name=str(checkpoint))
+    return Evaluation(str(checkpoint), ck, cfg, ck["state"]["step"], training_teacher(ck["meta"], store_dir),
                       split, versions, records, scores, copy_baseline(split, "test"), device,
                       time.perf_counter() - t0)
 
@@ -3160,7 +3169,7 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     timing = dict(repeats=5, warmup=3) if cuda else dict(repeats=2, warmup=1)
-    grid = student_from_checkpoint(load_checkpoint(ev.checkpoint, device), device).to(dtype)
+    grid = student_from_checkpoint(ev.loaded, device).to(dtype)
     tasks = sorted({e.task_id for e in ev.split.test})
     sides = sorted(canvas_side(ev.split.tasks[t], grid.cfg.canvas_bucket) for t in tasks)
     rows = []
@@ -3262,14 +3271,14 @@ def feature_alignment(ev: Evaluation, store_dir: str | os.PathLike, device: str 
     except StoreMismatch as err:
         return {"computed": False, "reason": f"no teacher features for these pairs: {err}"}
     label = teacher_label(store.manifest)
-    projection = load_checkpoint(ev.checkpoint)["loss"]
+    projection = ev.loaded["loss"]
     weight, bias = projection["project.weight"].float(), projection["project.bias"].float()
     if weight.shape[0] != target.shape[1]:
         return {"computed": False, "teacher": label,
                 "reason": f"the projection maps to {weight.shape[0]} numbers but these teacher features "
                           f"have {target.shape[1]}: it was never trained against them (the run had "
                           "w_feat = 0, or the store holds another teacher's features)"}
-    student = SageTeacher(ev.checkpoint, device)
+    student = SageTeacher(ev.checkpoint, device, loaded=ev.loaded)
     pooled = torch.cat([student.extract(make_observations(ev.split.tasks, ev.split.test[i:i + chunk])).pooled.cpu()
                         for i in range(0, len(ev.split.test), chunk)])
     projected = F.linear(pooled.float(), weight, bias)
@@ -3372,7 +3381,8 @@ def attention_similarity(ev: Evaluation, device: str = "auto") -> dict[str, Any]
     tcfg = TeacherConfig(**ev.config["teacher"])
     if tcfg.teacher != "sage":
         return {"computed": False, "reason": ATTENTION_UNAVAILABLE[tcfg.teacher]}
-    student, teacher = SageTeacher(ev.checkpoint, device), SageTeacher(tcfg.teacher_path, device)
+    student = SageTeacher(ev.checkpoint, device, loaded=ev.loaded)
+    teacher = SageTeacher(tcfg.teacher_path, device)
     missing = sorted({e.task_id for e in ev.split.test} - set(teacher.rows))
     if missing:
         return {"computed": False, "reason": f"the sage teacher has no embedding for {len(missing)} "
@@ -4256,4 +4266,11 @@ def inspector(ev: Evaluation):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if distributed_rank()[1] > 1:
+        # A torchrun worker has its results on disk by now. Leave without the interpreter's
+        # teardown: gloo's C++ teardown has aborted (SIGABRT) a finished worker on the CPU.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+    sys.exit(exit_code)
