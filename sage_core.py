@@ -29,6 +29,7 @@ import datetime as _dt
 import functools
 import importlib.metadata
 import json
+import logging
 import math
 import os
 import platform
@@ -3787,6 +3788,7 @@ def run_pipeline(profile: str = "default", device: str = "auto", run_id: str | N
     # cell's default, so the chosen ones travel by name too and hold even where they equal it
     params = {"run_dir": str(run_dir), "profile": profile, "device": device, **overrides,
               "forced_settings": overrides}
+    logging.getLogger("papermill").addFilter(_pipeline_parameters)   # once: filters are a set
     # A partial run (--from, --only) into an existing folder keeps the earlier notebooks' record.
     earlier = run_dir / "run.json"
     notebooks = json.loads(earlier.read_text())["notebooks"] if (start or only) and earlier.exists() else {}
@@ -3799,7 +3801,10 @@ def run_pipeline(profile: str = "default", device: str = "auto", run_id: str | N
         try:
             pm.execute_notebook(str(book), str(run_dir / "notebooks" / book.name),
                                 parameters=params, cwd=str(ROOT), kernel_name="python3",
-                                progress_bar=False)
+                                progress_bar=False,
+                                # the kernel's own warnings (TCP on the loopback) are noise here;
+                                # errors in the notebook still fail the run, by cell
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
         except pm.PapermillExecutionError as err:
             seconds = time.perf_counter() - t0
             where = f"cell {err.cell_index} (execution count {err.exec_count})"
@@ -3822,6 +3827,12 @@ def run_pipeline(profile: str = "default", device: str = "auto", run_id: str | N
     if (run_dir / "report.md").exists():
         print(f"report: {run_dir / 'report.md'}", flush=True)
     return record
+
+
+def _pipeline_parameters(record: logging.LogRecord) -> bool:
+    """papermill warns of each parameter a notebook's parameters cell lacks; the pipeline hands
+    every notebook the whole set (checked by build_config first), so those warnings are noise."""
+    return not record.getMessage().startswith("Passed unknown parameter")
 
 
 def torchrun(command: str, cfg: dict[str, Any], folder: str | os.PathLike) -> dict[str, Any]:
