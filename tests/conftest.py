@@ -1,13 +1,11 @@
 """Shared fixtures: the ARC-AGI-1 sets (loaded once) and one smoke run of the notebook pipeline."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import sage_core as sc  # noqa: E402
 

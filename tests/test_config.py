@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -10,10 +11,10 @@ def test_unknown_and_mistyped_parameters_raise():
         sc.build_config(batchsize=3)
     with pytest.raises(TypeError, match="batch_size must be int"):
         sc.build_config(batch_size="3")
-    with pytest.raises(ValueError, match="unknown profile"):
+    with pytest.raises(ValueError, match="profile must be one of auto"):
         sc.build_config("huge")
     with pytest.raises(ValueError, match="split"):
-        sc.build_config(split="random")
+        sc.build_config("smoke", split="random")
 
 
 def test_profile_fills_untouched_fields_and_explicit_values_win():
@@ -62,14 +63,62 @@ def test_a_sweep_trains_each_variant_into_its_folder_and_tabulates_them(tmp_path
 
 def test_an_explicit_setting_holds_even_where_it_equals_the_default():
     assert sc.PROFILES["full"]["w_feat"] == 0.0 != sc.LossConfig.w_feat
-    assert sc.build_config("full", w_feat=0.5)["loss"].w_feat == 0.0    # a parameters cell's default: no choice
-    cfg = sc.build_config("full", forced={"w_feat": 0.5})
-    assert cfg["loss"].w_feat == 0.5
-    assert sc.build_config("full", forced=sc.flat_config(cfg)) == cfg
+    assert sc.build_config("full")["loss"].w_feat == 0.0                  # not given: the profile's
+    assert sc.build_config("full", w_feat=None)["loss"].w_feat == 0.0     # None is "not given"
+    cfg = sc.build_config("full", w_feat=0.5, epochs=20, augmentations=8)  # the dataclass defaults
+    assert (cfg["loss"].w_feat, cfg["run"].epochs, cfg["data"].augmentations) == (0.5, 20, 8)
+    assert sc.build_config("full", **sc.flat_config(cfg)) == cfg
 
 
-def test_a_notebook_keeps_a_setting_the_pipeline_was_given_even_where_it_equals_the_default():
-    cell = {"profile": "full", "w_feat": 0.5, "lr": 3e-4, "unrelated": 1}   # the parameters cell's values
-    assert sc.build_config(**sc.config_params(cell))["loss"].w_feat == 0.0     # the profile's
-    injected = {**cell, "forced_settings": {"w_feat": 0.5}}                  # `pipeline --set w_feat=0.5`
-    assert sc.build_config(**sc.config_params(injected))["loss"].w_feat == 0.5
+def test_a_parameters_cell_of_nones_leaves_everything_to_the_profile():
+    cell = {"profile": "full", "w_feat": None, "epochs": None, "lr": None, "unrelated": 1}
+    cfg = sc.build_config(**sc.config_params(cell))
+    assert cfg["loss"].w_feat == 0.0 and cfg["run"].epochs == 1000 and cfg["train"].lr == sc.TrainConfig.lr
+    cell.update(w_feat=0.5, epochs=20)                                         # typed into the cell
+    cfg = sc.build_config(**sc.config_params(cell))
+    assert cfg["loss"].w_feat == 0.5 and cfg["run"].epochs == 20
+
+
+def test_profile_auto_follows_the_device():
+    assert sc.build_config(device="cpu")["run"].profile == "cpu"
+    assert sc.build_config(None, device="cpu")["run"].profile == "cpu"
+    assert sc.build_config("smoke", device="cpu")["run"].profile == "smoke"
+
+
+@pytest.mark.parametrize("field, typo", [
+    ("student", "gird"), ("teacher", "gr00t"), ("schedule", "budgte"), ("task_optimizer", "sgd"),
+    ("split", "random"), ("on_error", "ignore"), ("device", "tpu"), ("device", "cuda:x"),
+    ("teacher_preset", "huge"), ("train_set", "arc1/evalution"), ("eval_set", "arc3/evaluation")])
+def test_an_unknown_choice_fails_when_the_config_is_built_naming_the_valid_ones(field, typo):
+    with pytest.raises(ValueError) as info:
+        sc.build_config("smoke", **{field: typo})
+    message = str(info.value)
+    assert field in message and repr(typo) in message
+    valid = {"student": "grid | features", "teacher": "standin | groot | sage", "schedule": "epochs | budget",
+             "task_optimizer": "adamw | signsgd", "split": "protocol | task_holdout", "on_error": "raise | skip",
+             "device": "auto | cpu | cuda | cuda:N", "teacher_preset": "auto | full | tiny",
+             "train_set": "arc1/training | arc1/evaluation", "eval_set": "arc1/training | arc1/evaluation"}
+    assert valid[field] in message
+
+
+def test_every_choice_field_is_checked_and_lists_what_the_code_accepts():
+    fields = {f.name: f for cls in sc.CONFIG_CLASSES.values() for f in dataclasses.fields(cls)}
+    choices = {name: f.metadata["choices"] for name, f in fields.items() if f.metadata.get("choices")}
+    assert set(choices) == {"split", "on_error", "teacher", "teacher_preset", "student", "task_optimizer",
+                            "schedule", "profile", "device"}
+    assert set(choices["profile"]) == set(sc.PROFILES)
+    assert set(choices["teacher"]) == set(sc.TEACHERS) == set(sc.TEACHER_NAMES)
+    assert set(choices["teacher_preset"]) == {"auto", *sc.STANDIN_PRESETS}
+
+
+def test_cli_flags_equal_to_the_defaults_still_win(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(sc, "extract_features", lambda cfg, store: seen.setdefault("cfg", cfg) and {
+        "teacher": "x", "examples": 0, "computed_now": 0, "bytes_per_example": 0, "seconds_per_example": 0})
+    assert sc.main(["extract", "--profile", "full", "--store", str(tmp_path), "--batch-size", "64",
+                    "--device", "cpu", "--set", "w_feat=0.5"]) == 0
+    assert sc.PROFILES["full"]["batch_size"] != 64
+    assert seen["cfg"]["run"].batch_size == 64 and seen["cfg"]["loss"].w_feat == 0.5
+    seen.clear()
+    assert sc.main(["extract", "--profile", "full", "--store", str(tmp_path), "--device", "cpu"]) == 0
+    assert seen["cfg"]["run"].batch_size == sc.PROFILES["full"]["batch_size"]     # not given: the profile's

@@ -1,5 +1,7 @@
 """Notebook files as stored in git, and the smoke pipeline run through papermill."""
+import ast
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -26,24 +28,105 @@ def test_notebook_is_stored_clean_with_one_parameters_cell(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_parameters_cell_mirrors_the_dataclass_defaults(path):
+def test_parameters_cell_leaves_every_field_to_the_profile_and_says_its_default(path):
     params = pm.inspect_notebook(str(path))
     assert params, "papermill found no parameters"
-    for name, info in params.items():
-        assert name in FIELDS, f"{name} is not a config field"
-        assert eval(info["default"]) == FIELDS[name], name   # literals only, by rule
+    assert set(params) <= set(FIELDS)
+    assert all(info["default"] == "None" for info in params.values())
     for name in ("run_dir", "profile", "device", "batch_size", "epochs", "seed", "interactive"):
         assert name in params
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    assert cell.source == sc.parameters_source(list(params))   # comments and defaults as in sage_core
+
+
+def assigned_names(source):
+    """Every name a cell binds: assignments, loop and with targets, imports, definitions."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+    return names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_cell_after_the_parameters_rebinds_a_parameter_name(path):
+    cells = nbformat.read(path, as_version=4).cells
+    start = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+    for index, cell in enumerate(cells[start + 1:], start + 1):
+        if cell.cell_type == "code":
+            clash = assigned_names(cell.source) & set(FIELDS)
+            assert not clash, f"cell {index} rebinds {sorted(clash)}: re-running the set-up cell would break"
+
+
+def test_the_rebinding_check_sees_every_kind_of_binding():
+    source = "split = 1\nfor teacher in x: pass\nwith f() as device: pass\nimport numpy as lr\ndef seed(): pass"
+    assert assigned_names(source) >= {"split", "teacher", "device", "lr", "seed"}
 
 
 def test_pipeline_names_the_notebook_and_cell_that_fail(tmp_path):
-    record = sc.run_pipeline("smoke", "cpu", "broken", tmp_path, only="00",
-                             train_set=str(tmp_path / "no-such-folder"))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "broken.json").write_text('{"train": [')
+    record = sc.run_pipeline("smoke", "cpu", "broken", tmp_path, only="00", train_set=str(tasks))
     assert record["status"] == "failed"
     assert "00_arc_data.ipynb failed at cell" in record["failure"]
-    assert "FileNotFoundError" in record["failure"]
+    assert "TaskError" in record["failure"] and "broken.json" in record["failure"]
     saved = json.loads((tmp_path / "broken" / "run.json").read_text())
     assert saved["status"] == "failed" and saved["notebooks"]["00_arc_data"]["status"] == "failed"
+
+
+def test_a_bad_parameter_fails_before_any_notebook_runs(tmp_path):
+    with pytest.raises(ValueError, match=re.escape("student must be one of grid | features, not 'gird'")):
+        sc.run_pipeline("smoke", "cpu", "typo", tmp_path, student="gird")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_papermill_values_equal_to_the_defaults_win_over_the_profile(tmp_path):
+    defaults = {"epochs": sc.RunConfig.epochs, "augmentations": sc.DataConfig.augmentations,
+                "w_feat": sc.LossConfig.w_feat}
+    assert all(sc.PROFILES["full"][k] != v for k, v in defaults.items())
+    pm.execute_notebook(str(NOTEBOOKS[0]), str(tmp_path / "00.ipynb"), cwd=str(sc.NOTEBOOK_DIR),
+                        kernel_name="python3", progress_bar=False,
+                        parameters={"run_dir": str(tmp_path / "run"), "profile": "full", "device": "cpu", **defaults})
+    recorded = json.loads((tmp_path / "run" / "configs" / "00_arc_data.json").read_text())["config"]
+    assert recorded["run"]["profile"] == "full"
+    assert recorded["run"]["epochs"] == 20 and recorded["data"]["augmentations"] == 8
+    assert recorded["loss"]["w_feat"] == 0.5
+    assert recorded["run"]["batch_size"] == sc.PROFILES["full"]["batch_size"]   # not given: the profile's
+
+
+def figure_hashes():
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(sc.FIGURES_DIR.glob("*"))}
+
+
+def test_a_hand_run_of_06_writes_figures_into_its_run_only(smoke_run, tmp_path):
+    """As a user in JupyterLab: only run_dir and interactive edited, the kernel in notebooks/."""
+    run_dir = tmp_path / "mine"
+    shutil.copytree(smoke_run, run_dir)
+    shutil.rmtree(run_dir / "figures")
+    before = figure_hashes()
+    out = tmp_path / "06.ipynb"
+    pm.execute_notebook(str(NOTEBOOKS[-1]), str(out), cwd=str(sc.NOTEBOOK_DIR), kernel_name="python3",
+                        progress_bar=False, parameters={"run_dir": str(run_dir), "interactive": True})
+    assert figure_hashes() == before
+    assert {"06_gallery_right.png", "06_speed.png"} <= {p.name for p in (run_dir / "figures").glob("*.png")}
+    outputs = [o for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+
+
+def test_publish_copies_a_runs_figures_and_says_where_they_come_from(smoke_run, tmp_path):
+    published = sc.publish_figures(smoke_run, ["06_speed", "05_"], target=tmp_path)
+    assert sorted(p.name for p in published) == ["05_learning_curves.png", "06_speed.png"]
+    assert (tmp_path / "06_speed.png").read_bytes() == (smoke_run / "figures" / "06_speed.png").read_bytes()
+    sources = json.loads((tmp_path / "sources.json").read_text())
+    assert set(sources) == {"05_learning_curves.png", "06_speed.png"}
+    assert sources["06_speed.png"]["run"].endswith("smoke") and sources["06_speed.png"]["commit"]
+    with pytest.raises(FileNotFoundError, match="no figures"):
+        sc.publish_figures(smoke_run, ["99_"], target=tmp_path)
 
 
 def test_smoke_run_records_parameters_versions_and_timings(smoke_run):

