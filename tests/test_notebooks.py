@@ -53,13 +53,17 @@ def assigned_names(source):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_no_cell_after_the_parameters_rebinds_a_parameter_name(path):
+def test_no_cell_after_the_parameters_rebinds_or_reads_a_parameter_name(path):
     cells = nbformat.read(path, as_version=4).cells
     start = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
     for index, cell in enumerate(cells[start + 1:], start + 1):
         if cell.cell_type == "code":
             clash = assigned_names(cell.source) & set(FIELDS)
             assert not clash, f"cell {index} rebinds {sorted(clash)}: re-running the set-up cell would break"
+            # a parameter may be None (not given): later cells read the built config instead
+            read = {n.id for n in ast.walk(ast.parse(cell.source))
+                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} & set(FIELDS)
+            assert not read, f"cell {index} reads {sorted(read)} directly instead of run.config"
 
 
 def test_the_rebinding_check_sees_every_kind_of_binding():
