@@ -1507,49 +1507,41 @@ def _examples_by_task(split: Split) -> dict[str, list[Example]]:
     return by_task
 
 
-def build_feature_store(teacher: Teacher, split: Split, store_dir: str | os.PathLike,
-                        batch_size: int = 16, store_tokens: bool = False,
-                        progress: bool = True) -> dict[str, Any]:
-    """Run the teacher over every example of the split and keep its targets, one shard per task.
-
-    Resumable: finished shards are checked and skipped, a shard is written to a temporary name
-    and renamed, and a store built by another teacher or config is refused (nothing is
-    overwritten). Per example it keeps the pooled feature vector (D) in bf16, the teacher's
-    per-cell logits where it has them, and every token's features with store_tokens.
-    Observations for the next batch are built on a CPU thread while the teacher runs.
-    Under torchrun each process takes every n-th unfinished task and writes its own shards;
-    rank 0 merges the counts and timings into the manifest once all have finished.
-    Returns the manifest (also written to manifest.json)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-    rank, world = distributed_rank()
-    store = Path(store_dir)
-    (store / "shards").mkdir(parents=True, exist_ok=True)
-    identity = store_identity(teacher, store_tokens)
+def _claim_store(store: Path, identity: dict[str, Any]) -> str:
+    """Mark a store folder as this teacher's (identity.json), or refuse one built by another
+    teacher or config: nothing is overwritten. -> the identity's hash"""
     config_hash = _identity_hash(identity)
     id_path = store / "identity.json"
-    if rank == 0 and not id_path.exists():
+    if distributed_rank()[0] == 0 and not id_path.exists():
         _write_json(id_path, {"config_hash": config_hash, "identity": identity})
     barrier()
     found = json.loads(id_path.read_text())
     if found.get("config_hash") != config_hash:
         raise StoreMismatch(f"{store} holds features of {found.get('identity')}, not of "
                             f"{identity}; choose another store_dir or delete that folder")
-    by_task = _examples_by_task(split)
-    todo = [t for t, exs in by_task.items()
-            if not _shard_ok(_shard_path(store, t), exs, config_hash, teacher.feature_dim)]
-    queue = [ex for t in todo[rank::world] for ex in by_task[t]]
+    return config_hash
+
+
+def _extract_shards(teacher: Teacher, tasks: dict[str, Task], by_task: dict[str, list[Example]],
+                    queue: list[Example], store: Path, config_hash: str, batch_size: int,
+                    store_tokens: bool, progress: bool) -> float:
+    """Run the teacher over `queue` in batches and write each task's shard as soon as its last
+    example is done; the next batch's observations are built on a CPU thread meanwhile.
+    -> seconds spent in the teacher (its outputs copied to the host included)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
     batches = [queue[i:i + batch_size] for i in range(0, len(queue), batch_size)]
     pending: dict[str, dict[str, list[torch.Tensor]]] = {}
-    model_seconds, t0 = 0.0, time.perf_counter()
-    bar = tqdm(total=len(queue), desc=f"teacher {teacher.name}", unit="ex", disable=not progress or rank > 0)
+    model_seconds = 0.0
+    bar = tqdm(total=len(queue), desc=f"teacher {teacher.name}", unit="ex",
+               disable=not progress or distributed_rank()[0] > 0)
     with ThreadPoolExecutor(1) as pool:
-        next_obs = pool.submit(make_observations, split.tasks, batches[0]) if batches else None
+        next_obs = pool.submit(make_observations, tasks, batches[0]) if batches else None
         for i, batch in enumerate(batches):
             obs = next_obs.result()
             if i + 1 < len(batches):
-                next_obs = pool.submit(make_observations, split.tasks, batches[i + 1])
+                next_obs = pool.submit(make_observations, tasks, batches[i + 1])
             t_model = time.perf_counter()
             out = teacher.extract(obs)
             parts = {"pooled": out.pooled.to(torch.bfloat16).cpu()}
@@ -1565,20 +1557,49 @@ def build_feature_store(teacher: Teacher, split: Split, store_dir: str | os.Path
                     slot.setdefault(key, []).append(value[j])
                 if len(slot["pooled"]) == len(by_task[ex.task_id]):
                     stacked = {k: torch.stack(v) for k, v in pending.pop(ex.task_id).items()}
-                    _write_shard(_shard_path(store, ex.task_id), stacked, by_task[ex.task_id],
-                                 config_hash)
+                    _write_shard(_shard_path(store, ex.task_id), stacked, by_task[ex.task_id], config_hash)
             bar.update(len(batch))
     bar.close()
-    # Merge the processes' counts: wall time is the slowest one's; the model-only time is the
-    # processes' mean, so both rates count all of them and their ratio stays comparable.
-    counts = [(len(queue), model_seconds, time.perf_counter() - t0)]
+    return model_seconds
+
+
+def _merged_counts(computed: int, model_seconds: float, seconds: float) -> tuple[int, float, float]:
+    """The processes' counts merged: examples summed, wall time the slowest one's, model-only
+    time the processes' mean, so both rates count all of them and their ratio stays comparable."""
+    counts = [(computed, model_seconds, seconds)]
+    world = distributed_rank()[1]
     if world > 1:
         import torch.distributed as dist
         counts = [None] * world
-        dist.all_gather_object(counts, (len(queue), model_seconds, time.perf_counter() - t0))
-    computed, model_seconds = sum(c[0] for c in counts), sum(c[1] for c in counts) / world
-    seconds = max(c[2] for c in counts)
-    shard_bytes = sum(_shard_path(store, t).stat().st_size for t in by_task)
+        dist.all_gather_object(counts, (computed, model_seconds, seconds))
+    return sum(c[0] for c in counts), sum(c[1] for c in counts) / world, max(c[2] for c in counts)
+
+
+def build_feature_store(teacher: Teacher, split: Split, store_dir: str | os.PathLike,
+                        batch_size: int = 16, store_tokens: bool = False,
+                        progress: bool = True) -> dict[str, Any]:
+    """Run the teacher over every example of the split and keep its targets, one shard per task.
+
+    Resumable: finished shards are checked and skipped, a shard is written to a temporary name
+    and renamed, and a store built by another teacher or config is refused (nothing is
+    overwritten). Per example it keeps the pooled feature vector (D) in bf16, the teacher's
+    per-cell logits where it has them, and every token's features with store_tokens.
+    Under torchrun each process takes every n-th unfinished task and writes its own shards;
+    rank 0 merges the counts and timings into the manifest once all have finished.
+    Returns the manifest (also written to manifest.json)."""
+    rank, world = distributed_rank()
+    store = Path(store_dir)
+    (store / "shards").mkdir(parents=True, exist_ok=True)
+    identity = store_identity(teacher, store_tokens)
+    config_hash = _claim_store(store, identity)
+    by_task = _examples_by_task(split)
+    todo = [t for t, exs in by_task.items()
+            if not _shard_ok(_shard_path(store, t), exs, config_hash, teacher.feature_dim)]
+    queue = [ex for t in todo[rank::world] for ex in by_task[t]]
+    t0 = time.perf_counter()
+    model_seconds = _extract_shards(teacher, split.tasks, by_task, queue, store, config_hash, batch_size,
+                                    store_tokens, progress)
+    computed, model_seconds, seconds = _merged_counts(len(queue), model_seconds, time.perf_counter() - t0)
     n = sum(len(v) for v in by_task.values())
     manifest = {
         "config_hash": config_hash, "identity": identity, **teacher.describe(),
@@ -1590,7 +1611,7 @@ def build_feature_store(teacher: Teacher, split: Split, store_dir: str | os.Path
         | ({"tokens": ["bf16", ["N", teacher.feature_dim]]} if store_tokens else {}),
         "seconds_per_example": seconds / computed if computed else None,
         "model_seconds_per_example": model_seconds / computed if computed else None,
-        "bytes_per_example": shard_bytes / max(n, 1),
+        "bytes_per_example": sum(_shard_path(store, t).stat().st_size for t in by_task) / max(n, 1),
     }
     previous = store / "manifest.json"
     if not computed and previous.exists():   # everything reused: keep the timings of the real build
@@ -3299,10 +3320,10 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
                      ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, list[Augmentation]]]:
     """evaluate_checkpoint on a loaded checkpoint `ck` (named `name` in errors); also returns
     the task versions it voted over."""
-    cfg = ck["meta"]["config"]
-    scfg = StudentConfig(**cfg["student"])
+    cfg = checkpoint_config(ck)
+    scfg = cfg["student"]
     features = scfg.student == "features"
-    versions = task_versions(split.tasks, 1 if features else cfg["data"]["augmentations"], cfg["run"]["seed"])
+    versions = task_versions(split.tasks, 1 if features else cfg["data"].augmentations, cfg["run"].seed)
     if version_ids(split.tasks, versions) != ck["meta"]["version_ids"]:
         raise ValueError(f"{name} was trained on other tasks or versions than this split's")
     bank = make_bank(split, part, versions, scfg.canvas_bucket, device)
@@ -3323,7 +3344,7 @@ class Evaluation:
     """A checkpoint scored on the evaluation tasks' test pairs (never trained on)."""
     checkpoint: str
     loaded: dict[str, Any]          # that checkpoint as load_checkpoint returns it, on the CPU
-    config: dict[str, Any]          # the checkpoint's own training config, as plain values
+    config: dict[str, Any]          # the checkpoint's own training config (checkpoint_config)
     step: int                       # optimizer steps behind the checkpoint
     teacher: str                    # the teacher it was trained against, as figures name it
     split: Split                    # rebuilt from the checkpoint's data config and seed
@@ -3354,12 +3375,12 @@ def evaluate_run(checkpoint: str | os.PathLike, store_dir: str | os.PathLike,
     t0 = time.perf_counter()
     device = resolve_device(device)
     ck = load_checkpoint(checkpoint)
-    cfg = ck["meta"]["config"]
-    if cfg["student"]["student"] != "grid":
-        raise ValueError(f"{checkpoint} holds a {cfg['student']['student']} student; this report covers "
+    cfg = checkpoint_config(ck)
+    if cfg["student"].student != "grid":
+        raise ValueError(f"{checkpoint} holds a {cfg['student'].student} student; this report covers "
                          "grid students (voting, galleries, speed of the trained model); score it with "
                          "evaluate_checkpoint(path, split, 'test', device, store) or `train --evaluate`")
-    split = config_split(DataConfig(**cfg["data"]), cfg["run"]["seed"])
+    split = config_split(cfg["data"], cfg["run"].seed)
     scores, records, versions = score_checkpoint(ck, split, "test", device, name=str(checkpoint))
     return Evaluation(str(checkpoint), ck, cfg, ck["state"]["step"], training_teacher(ck["meta"], store_dir),
                       split, versions, records, scores, copy_baseline(split, "test"), device,
@@ -3370,7 +3391,7 @@ def score_table(ev: Evaluation) -> list[dict[str, Any]]:
     """The student's voted scores beside the copy baseline's (one attempt, so pass@1 = pass@2),
     over the test pairs and tasks whose answers are known ('-': nothing could be scored)."""
     b, s = ev.baseline, ev.scores
-    versions = ev.config["data"]["augmentations"]
+    versions = ev.config["data"].augmentations
     shown = lambda v: "-" if v is None else v  # noqa: E731
     return [{"predictor": f"SAGE grid student, voted over {versions} versions", "pixel": shown(s["pixel"]),
              "exact": shown(s["exact"]), "pass@1": shown(s["pass@1"]), "pass@2": shown(s["pass@2"]),
@@ -3643,7 +3664,7 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
             rows.append({"model": f"{name}, compiled", "parameters": _n_params(grid), **s["compiled"]})
     del grid
     _release(device)
-    tcfg = TeacherConfig(**ev.config["teacher"])
+    tcfg = ev.config["teacher"]
     if tcfg.teacher == "groot":
         return {"device": device, "rows": rows, "teacher": None, "ratios": [],
                 "note": "GR00T runs in its own environment (Isaac-GR00T), so it cannot be timed in "
@@ -3657,7 +3678,7 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
     teacher_row = {"model": f"teacher: {label}", "parameters": teacher.n_params, **t}
     rows.append(teacher_row)
     _, n_tokens, dim = teacher.extract(make_observations(ev.split.tasks, queries[:1])).features.shape
-    fcfg = StudentConfig(**{**ev.config["student"], "student": "features"})
+    fcfg = dataclasses.replace(ev.config["student"], student="features")
     feat = build_student(fcfg, teacher_dim=dim, max_tokens=n_tokens)
     f = student_speed(feat, device, n_tokens=n_tokens, compiled=False)
     peak = lambda key: max(f[key], t[key]) if cuda else None  # noqa: E731
@@ -3753,7 +3774,7 @@ def feature_alignment(ev: Evaluation, store_dir: str | os.PathLike, device: str 
     projected = F.linear(pooled.float(), weight, bias)
     matched = F.cosine_similarity(projected, target, dim=-1).numpy()
     mismatched = F.cosine_similarity(projected, target.roll(1, 0), dim=-1).numpy()
-    return {"computed": True, "teacher": label, "projection_trained": ev.config["loss"]["w_feat"] > 0,
+    return {"computed": True, "teacher": label, "projection_trained": ev.config["loss"].w_feat > 0,
             "pairs": len(matched), "matched_mean": float(matched.mean()),
             "mismatched_mean": float(mismatched.mean()), "matched": matched, "mismatched": mismatched}
 
@@ -3847,7 +3868,7 @@ ATTENTION_UNAVAILABLE = {
 def attention_similarity(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
     """Correlation of the student's and the teacher's attention rollout over each evaluation
     query's input cells, where both read grid cells: a `sage` teacher. Elsewhere it says why not."""
-    tcfg = TeacherConfig(**ev.config["teacher"])
+    tcfg = ev.config["teacher"]
     if tcfg.teacher != "sage":
         return {"computed": False, "reason": ATTENTION_UNAVAILABLE[tcfg.teacher]}
     student = SageTeacher(ev.checkpoint, device, loaded=ev.loaded)
@@ -3883,7 +3904,7 @@ def evaluation_label(ev: Evaluation) -> str:
     s = ev.scores
     partly = "" if s["grids"] == s["predicted_grids"] else f"; {scoring_note(s)}"
     return (f"checkpoint {Path(ev.checkpoint).name} (step {ev.step}) on the {s['predicted_grids']} "
-            f"test pairs of {ev.config['data']['eval_set']} ({s['predicted_tasks']} tasks, never trained on{partly}); "
+            f"test pairs of {ev.config['data'].eval_set} ({s['predicted_tasks']} tasks, never trained on{partly}); "
             f"trained against teacher: {ev.teacher}")
 
 
@@ -3893,10 +3914,10 @@ def evaluation_metrics(ev: Evaluation, pairs: list[dict[str, Any]], speed: dict[
     every evaluation test pair and task, predicted (predictions.json); split.scored_pairs /
     scored_tasks: those with known answers, which the scores are over (scores.grids / tasks)."""
     return {"checkpoint": ev.checkpoint, "step": ev.step, "teacher": ev.teacher, "device": ev.device,
-            "split": {"name": ev.split.name, "eval_set": ev.config["data"]["eval_set"],
+            "split": {"name": ev.split.name, "eval_set": ev.config["data"].eval_set,
                       "test_pairs": ev.scores["predicted_grids"], "tasks": ev.scores["predicted_tasks"],
                       "scored_pairs": ev.scores["grids"], "scored_tasks": ev.scores["tasks"],
-                      "versions": ev.config["data"]["augmentations"]},
+                      "versions": ev.config["data"].augmentations},
             "scores": ev.scores, "copy_baseline": ev.baseline, "scoring_seconds": ev.seconds,
             "by_size": accuracy_by_size(pairs), "speed": speed, "alignment": alignment,
             "attention": attention, "pairs": pairs}
@@ -4728,7 +4749,7 @@ def _command_train(args: argparse.Namespace) -> int:
 def _command_evaluate(args: argparse.Namespace) -> int:
     """Notebook 06 on a run folder with checkpoints/best.pt."""
     run_dir = Path(args.run_dir).resolve()
-    trained = load_checkpoint(run_dir / "checkpoints" / "best.pt")["meta"]["config"]["run"]["profile"]
+    trained = checkpoint_config(load_checkpoint(run_dir / "checkpoints" / "best.pt"))["run"].profile
     record = run_pipeline(args.profile or trained, args.device, run_dir.name, run_dir.parent, only="06",
                           **parse_overrides(args.set))
     if record["status"] != "ok":

@@ -46,7 +46,7 @@ def test_map_correlations_leave_out_constant_maps():
 
 def test_attention_against_a_sage_teacher_runs_over_each_query_grid(evaluation):
     ev = evaluation
-    as_teacher = {**ev.config["teacher"], "teacher": "sage", "teacher_path": ev.checkpoint}
+    as_teacher = dataclasses.replace(ev.config["teacher"], teacher="sage", teacher_path=ev.checkpoint)
     result = sc.attention_similarity(dataclasses.replace(ev, config={**ev.config, "teacher": as_teacher}), "cpu")
     assert result["computed"] and result["pairs"] > 0
     np.testing.assert_allclose(result["correlation"], 1.0, atol=1e-5)   # the student is its own teacher
@@ -58,7 +58,7 @@ def test_attention_against_a_sage_teacher_runs_over_each_query_grid(evaluation):
 def test_alignment_says_when_the_projection_never_trained(evaluation, smoke_run):
     trained = sc.feature_alignment(evaluation, smoke_run / "feature_store", "cpu")
     assert trained["computed"] and trained["projection_trained"]
-    no_teacher = {**evaluation.config, "loss": {**evaluation.config["loss"], "w_feat": 0.0}}
+    no_teacher = {**evaluation.config, "loss": dataclasses.replace(evaluation.config["loss"], w_feat=0.0)}
     untrained = sc.feature_alignment(dataclasses.replace(evaluation, config=no_teacher),
                                      smoke_run / "feature_store", "cpu")
     assert not untrained["projection_trained"]
