@@ -95,11 +95,11 @@ __all__ = [
     "train", "read_metrics", "plot_learning_curves", "SageTeacher", "TEACHERS", "teacher_options",
     "load_teacher",
     # 10. Evaluation and scoring
-    "measure_speed", "score_predictions", "answered_tasks", "scoring_note", "copy_baseline", "vote",
-    "voted_predictions", "score_voted", "submission", "evaluate_checkpoint", "score_checkpoint",
-    "Evaluation", "training_teacher", "evaluate_run", "score_table", "pair_scores", "SIZE_BINS",
-    "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
-    "plot_accuracy_by_size", "plot_inspection", "SEED_TARGETS", "speed_batches", "speed_profile",
+    "score_predictions", "answered_tasks", "scoring_note", "copy_baseline", "vote", "voted_predictions",
+    "score_voted", "submission", "evaluate_checkpoint", "score_checkpoint", "Evaluation",
+    "training_teacher", "evaluate_run", "score_table", "pair_scores", "SIZE_BINS", "accuracy_by_size",
+    "difference_grid", "gallery_pairs", "plot_prediction_gallery", "plot_accuracy_by_size",
+    "plot_inspection", "SEED_TARGETS", "measure_speed", "speed_batches", "speed_profile",
     "compiled_speed", "student_speed", "speed_comparison", "speed_table", "speed_ratios", "plot_speed",
     "feature_alignment", "plot_alignment", "block_attention", "attention_rollout",
     "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE", "attention_similarity",
@@ -120,7 +120,7 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent
 
 # =====================================================================================
-# Shared helpers — devices, seeds, JSON records (used by every section below)
+# Shared helpers — devices, seeds, checked configs and RunConfig, JSON records, tables (used by every section)
 # =====================================================================================
 
 def resolve_device(device: str = "auto") -> str:
@@ -754,7 +754,8 @@ class Augmentation:
     def apply_task(self, task: Task) -> Task:
         """The whole task transformed: its own id (every version gets its own embedding)."""
         def tf(pairs):
-            return tuple(Pair(self.apply(p.input), self.apply(p.output)) for p in pairs)
+            return tuple(Pair(self.apply(p.input), None if p.output is None else self.apply(p.output))
+                         for p in pairs)
         return Task(f"{task.id}~{self.name}", tf(task.train), tf(task.test), task.source)
 
 
@@ -986,7 +987,11 @@ def plot_task(task: Task, max_pairs: int = 6):
     fig, axes = plt.subplots(2, len(pairs), figsize=(1.9 * len(pairs), 4), squeeze=False)
     for col, (kind, p) in enumerate(pairs):
         plot_grid(axes[0, col], p.input, f"{kind} in {p.input.shape[0]}x{p.input.shape[1]}")
-        plot_grid(axes[1, col], p.output, f"{kind} out {p.output.shape[0]}x{p.output.shape[1]}")
+        if p.output is None:   # a test input published without its answer
+            axes[1, col].text(0.5, 0.5, "answer\nnot known", ha="center", va="center", fontsize=8)
+            axes[1, col].axis("off")
+        else:
+            plot_grid(axes[1, col], p.output, f"{kind} out {p.output.shape[0]}x{p.output.shape[1]}")
     fig.suptitle(f"task {task.id} ({task.source})", fontsize=9)
     fig.tight_layout()
     return fig
@@ -3137,35 +3142,7 @@ def load_teacher(name: str = "standin", device: str = "auto", **options: Any) ->
 # 10. Evaluation and scoring — voted scores, speed and memory, alignment, the report
 # =====================================================================================
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def measure_speed(run_batch, batch_sizes: Sequence[int], device: str, repeats: int = 3,
-                  warmup: int = 1) -> list[dict[str, float]]:
-    """Time `run_batch(b)` (one forward of b examples) for each batch size on `device`.
-
-    Per size: ms per example, examples/s (best of `repeats` after `warmup` calls) and, on CUDA,
-    peak memory allocated in MiB during those calls."""
-    rows = []
-    for b in batch_sizes:
-        for _ in range(warmup):
-            run_batch(b)
-        _sync(device)
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats(device)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run_batch(b)
-            _sync(device)
-            best = min(best, time.perf_counter() - t0)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
-        rows.append({"batch": b, "ms_per_example": 1e3 * best / b, "examples_per_s": b / best,
-                     "peak_mib": peak})
-    return rows
-
+# --- 10a. Scores: one attempt, votes over the versions, a checkpoint on a split ---
 
 def score_predictions(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray | None],
                       task_ids: Sequence[str], answered_tasks: Iterable[str] | None = None
@@ -3337,7 +3314,7 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
     return score_voted(records, split), records, versions
 
 
-# --- 10b. A trained run on its held-out pairs: scores per pair, by size, galleries ---
+# --- 10b. A trained run on its held-out pairs: its scores, per pair and by size ---
 
 @dataclass
 class Evaluation:
@@ -3437,6 +3414,8 @@ def accuracy_by_size(pairs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         low = high + 1
     return out
 
+
+# --- 10c. Pictures of predictions: galleries, by size, one pair for the inspector ---
 
 def difference_grid(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Target-sized map drawn in the ARC colours: red (2) where the prediction is wrong, white
@@ -3571,11 +3550,41 @@ def plot_inspection(ev: Evaluation, index: int, version: int | None = None,
     return fig
 
 
-# --- 10c. Speed and memory: student and teacher in one process, against the plan's targets ---
+# --- 10d. Speed and memory: student and teacher in one process, against the plan's targets ---
 
 # The original plan's promises for the student against GR00T: 56x fewer parameters, 15x faster,
 # about 200 MB of GPU memory against about 12 GB.
 SEED_TARGETS = {"parameters": 56.0, "speed": 15.0, "student_mib": 200.0, "teacher_mib": 12 * 1024.0}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def measure_speed(run_batch, batch_sizes: Sequence[int], device: str, repeats: int = 3,
+                  warmup: int = 1) -> list[dict[str, float]]:
+    """Time `run_batch(b)` (one forward of b examples) for each batch size on `device`.
+
+    Per size: ms per example, examples/s (best of `repeats` after `warmup` calls) and, on CUDA,
+    peak memory allocated in MiB during those calls."""
+    rows = []
+    for b in batch_sizes:
+        for _ in range(warmup):
+            run_batch(b)
+        _sync(device)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run_batch(b)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
+        rows.append({"batch": b, "ms_per_example": 1e3 * best / b, "examples_per_s": b / best,
+                     "peak_mib": peak})
+    return rows
 
 
 def speed_batches(kind: str, device: str) -> tuple[int, ...]:
@@ -3746,7 +3755,7 @@ def plot_speed(speed: dict[str, Any], title: str):
     return fig
 
 
-# --- 10d. Alignment: projected student vectors against the teacher's, attention over cells ---
+# --- 10e. Alignment: projected student vectors against the teacher's, attention over cells ---
 
 def feature_alignment(ev: Evaluation, store_dir: str | os.PathLike, device: str = "auto",
                       chunk: int = 64) -> dict[str, Any]:
@@ -3896,7 +3905,7 @@ def plot_attention_similarity(attention: dict[str, Any], title: str):
     return fig
 
 
-# --- 10e. Records of an evaluation: metrics.json, predictions.json, report.md ---
+# --- 10f. Records of an evaluation: metrics.json, predictions.json, report.md ---
 
 def evaluation_label(ev: Evaluation) -> str:
     """What every evaluation figure says it shows: checkpoint, split (and what could be scored
@@ -4755,10 +4764,11 @@ def _command_evaluate(args: argparse.Namespace) -> int:
     if record["status"] != "ok":
         return 1
     s = json.loads((run_dir / "steps" / "06_evaluation.json").read_text())
-    print(f"scored {s['scores']['tasks']} tasks ({s['scores']['grids']} test pairs x {s['versions']} "
-          f"versions) in {s['scoring_seconds']:.1f} s on {s['device']}: pass@1 {s['scores']['pass@1']:.4f}, "
-          f"pass@2 {s['scores']['pass@2']:.4f}; the whole evaluation step "
-          f"{record['notebooks']['06_evaluation']['seconds']:.1f} s")
+    scores = s["scores"]
+    shown = lambda key: "-" if scores[key] is None else f"{scores[key]:.4f}"  # noqa: E731  (None: nothing scored)
+    print(f"scored {scores['tasks']} tasks ({scores['grids']} test pairs x {s['versions']} versions) in "
+          f"{s['scoring_seconds']:.1f} s on {s['device']}: pass@1 {shown('pass@1')}, pass@2 {shown('pass@2')} "
+          f"({scoring_note(scores)}); the whole evaluation step {record['notebooks']['06_evaluation']['seconds']:.1f} s")
     return 0
 
 
