@@ -63,6 +63,7 @@ __all__ = [
     "dataset_stats",
     # 3. Augmentation
     "dihedral", "inverse_dihedral", "Augmentation", "sample_augmentations", "augment_logits",
+    "output_only_colours", "augmentation_candidates", "unique_by_input", "augmentation_pool",
     # 4. Observations
     "FRAME_PX", "PAIR_PX", "render_cells", "pair_cells", "render_grid", "drawn_area", "render_pair",
     "VIDEO_KEY", "STATE_KEY", "ACTION_KEY", "TEXT_KEY", "STATE_FEATURES", "task_encoding",
@@ -78,7 +79,12 @@ __all__ = [
     "FeatureStore",
     # 7. Students
     "StudentConfig", "canvas_side", "RMSNorm", "EncoderBlock", "Encoder", "StudentOutput",
-    "pad_to_full", "GridStudent", "FeaturesStudent", "build_student", "parameter_table",
+    "pad_to_full", "GridStudent", "FeaturesStudent", "TOKEN_START", "TOKEN_ROW_END",
+    "TOKEN_SEPARATOR", "TOKEN_END", "SEQUENCE_VOCAB", "MAX_NEW_TOKENS", "TokenSequence",
+    "tokenize_pair", "pair_sequence", "output_positions", "tokens_to_grid", "rotary_split",
+    "Rotary3D", "apply_rotary", "PackedBatch", "pack_sequences", "sequence_loss", "packed_attention",
+    "DecoderBlock", "SequenceOutput", "SequenceStudent", "Decoded", "greedy_decode",
+    "greedy_decode_uncached", "build_student", "parameter_table",
     "student_inputs", "inference_fn", "plot_data_flow", "SEED_PARAMETERS",
     # 8. Losses
     "LossConfig", "DistillLoss", "loss_checks", "loss_sweep", "plot_loss_sweep",
@@ -780,6 +786,72 @@ def augment_logits(logits: np.ndarray, aug: Augmentation) -> np.ndarray:
     out = np.broadcast_to(logits[-1, -1], logits.shape).copy()
     out[:region.shape[1], :region.shape[2]] = np.moveaxis(region, 0, -1)
     return out
+
+
+# Pools for the sequence student (7b), after mdlARC (facts/mdlarc.md): per pair, the versions
+# whose transformed inputs all differ. Its versions share one task vector and have no colour
+# vector, so a colour that occurs only in a task's outputs ("fill the holes with yellow") cannot
+# be read from the input: permuting it would train contradictory answers for one input and,
+# at evaluation, the inverse map would turn a right answer wrong. Like mdlARC we never permute
+# such colours. "Only in outputs" is judged from the demonstrations and the test inputs: a test
+# output is never read here, so evaluation tasks are treated like any other.
+
+def output_only_colours(task: Task) -> frozenset[int]:
+    """Colours in some demonstration output but in no input of the task (test inputs included)."""
+    inputs = np.zeros(NUM_CLASSES, bool)
+    outputs = np.zeros(NUM_CLASSES, bool)
+    for pair in task.train + task.test:
+        inputs[np.unique(pair.input)] = True
+    for pair in task.train:
+        outputs[np.unique(pair.output)] = True
+    return frozenset(np.flatnonzero(outputs & ~inputs).tolist())
+
+
+def augmentation_candidates(task: Task, seed: int = 0) -> Iterable[Augmentation]:
+    """An endless seeded stream of a task's versions: the identity, then random permutations of
+    the colours 1-9 that may move (not output_only_colours) with the 8 dihedral transforms
+    interleaved (every run of 8 holds each once, shuffled). Seeded by (seed, task id), so every
+    pair of a task draws the same stream whatever else is loaded."""
+    import zlib
+    rng = np.random.default_rng([seed, zlib.crc32(task.id.encode())])
+    free = np.array(sorted(set(range(1, 10)) - output_only_colours(task)), dtype=np.int64)
+    yield Augmentation()
+    colours = np.arange(NUM_CLASSES)
+    while True:
+        for k in rng.permutation(8):
+            colours[free] = rng.permutation(free)
+            yield Augmentation(int(k), tuple(colours.tolist()))
+
+
+def unique_by_input(grid: np.ndarray, candidates: Iterable[Augmentation], n: int,
+                    patience: int = 0) -> list[Augmentation]:
+    """The first n candidates whose transforms of `grid` differ from every one kept before (the
+    first candidate is always kept). Stops early after `patience` candidates in a row add
+    nothing (default 4n + 64): a grid with few colours or symmetries has fewer versions than n."""
+    patience = patience or 4 * n + 64
+    seen: set[tuple] = set()
+    kept: list[Augmentation] = []
+    misses = 0
+    for aug in candidates:
+        out = aug.apply(grid)
+        key = (out.shape, out.tobytes())
+        if key in seen:
+            misses += 1
+            if misses >= patience:
+                break
+            continue
+        seen.add(key)
+        kept.append(aug)
+        misses = 0
+        if len(kept) >= n:
+            break
+    return kept
+
+
+def augmentation_pool(task: Task, grid: np.ndarray, n: int, seed: int = 0) -> list[Augmentation]:
+    """Up to n versions of one pair of `task` (its input `grid`) for the sequence student:
+    identity first, distinct transformed inputs, output-only colours never moved, seeded."""
+    return unique_by_input(grid, augmentation_candidates(task, seed), n)
 
 
 # =====================================================================================
@@ -1714,6 +1786,7 @@ class StudentConfig(ConfigBase):
     refine_steps: int = 1          # K: encoder passes with a loss after each, 1 means plain
     canvas_bucket: int = 5         # canvas side rounded up to a multiple of this
     decoder_hidden: int = 1664     # features student: hidden width of its 3-layer grid decoder
+    dropout: float = 0.1           # sequence student: dropout on embeddings, attention output and MLP (mdlARC's 0.1)
 
 
 def canvas_side(task: Task, bucket: int = 5) -> int:
@@ -1796,6 +1869,8 @@ def pad_to_full(logits: torch.Tensor) -> torch.Tensor:
     return full
 
 
+# --- 7a. The grid and features students: one pass over a canvas aligned with the input ---
+
 class GridStudent(torch.nn.Module):
     """Reads the query grid on its task's canvas: colour embedding + learned row and column
     embeddings per cell, plus task-embedding tokens (one embedding per augmented task id);
@@ -1857,6 +1932,438 @@ class FeaturesStudent(torch.nn.Module):
         pooled = masked_mean(z, mask)
         logits = self.decoder(pooled.to(z.dtype)).view(B, MAX_GRID, MAX_GRID, NUM_CLASSES)
         return StudentOutput(logits, pooled, [logits])
+
+
+# --- 7b. The sequence student: writes the output grid token by token ---
+# After mdlARC (facts/mdlarc.md: its facts, none of its code): one pair is one sequence (start,
+# the input's rows each closed by a row end, a separator, the output's rows likewise, end), so
+# the answer's size and place are written, not assumed. Positions are 3-D and rotary (column,
+# row, plane); a per-task and a dihedral vector are added to every token; only the output part
+# carries the loss; batches are sequences packed end to end, never padded to 30x30.
+
+TOKEN_START = 10       # colours 0-9 are tokens 0-9
+TOKEN_ROW_END = 11
+TOKEN_SEPARATOR = 12   # between the input and the output
+TOKEN_END = 13
+SEQUENCE_VOCAB = 14
+MAX_NEW_TOKENS = MAX_GRID * (MAX_GRID + 1) + 1   # 931: a 30x30 output, its 30 row ends, the end
+# Planes, the z of a position: 0 start, 1 input, 2 separator, 3 output, 4 end.
+_START = (np.array([TOKEN_START]), np.array([[0, 0, 0]]))
+_SEPARATOR = (np.array([TOKEN_SEPARATOR]), np.array([[0, 0, 2]]))
+_END = (np.array([TOKEN_END]), np.array([[0, 0, 4]]))
+
+
+class TokenSequence(NamedTuple):
+    """One pair as the sequence student reads it."""
+    tokens: np.ndarray       # (L,) int64 token ids
+    positions: np.ndarray    # (L, 3) int64: x = column, y = row, z = plane
+    mask: np.ndarray         # (L,) bool: a loss target (output cell, output row end, end)
+    task: int = 0            # row of the per-task embedding
+    dihedral: int = 0        # dihedral transform applied to the pair (0-7)
+
+
+def _grid_tokens(grid: np.ndarray, plane: int) -> tuple[np.ndarray, np.ndarray]:
+    """A grid's rows, each closed by a row end, with positions: cell (col, row, plane), row end
+    at x = the row's width; x clamped to 0-30, y to 0-29."""
+    h, w = grid.shape
+    tokens = np.empty((h, w + 1), np.int64)
+    tokens[:, :w] = grid
+    tokens[:, w] = TOKEN_ROW_END
+    positions = np.empty((h, w + 1, 3), np.int64)
+    positions[..., 0] = np.minimum(np.arange(w + 1), MAX_GRID)
+    positions[..., 1] = np.minimum(np.arange(h), MAX_GRID - 1)[:, None]
+    positions[..., 2] = plane
+    return tokens.reshape(-1), positions.reshape(-1, 3)
+
+
+def tokenize_pair(input: np.ndarray, output: np.ndarray | None = None, task: int = 0,
+                  dihedral: int = 0) -> TokenSequence:
+    """(input, output) -> start, input rows, separator, output rows, end. With output None it
+    is the prompt, up to and including the separator, with no loss target."""
+    grid_in = _grid_tokens(np.asarray(input), 1)
+    parts = [_START, grid_in, _SEPARATOR]
+    if output is not None:
+        parts += [_grid_tokens(np.asarray(output), 3), _END]
+    tokens = np.concatenate([t for t, _ in parts])
+    mask = np.zeros(len(tokens), bool)
+    mask[len(grid_in[0]) + 2:] = True
+    return TokenSequence(tokens, np.concatenate([p for _, p in parts]), mask, task, dihedral)
+
+
+def pair_sequence(pair: Pair, aug: Augmentation = Augmentation(), task: int = 0,
+                  prompt: bool = False) -> TokenSequence:
+    """A pair in one augmented version; prompt=True (or an unknown output) leaves the output out."""
+    output = None if prompt or pair.output is None else aug.apply(pair.output)
+    return tokenize_pair(aug.apply(pair.input), output, task, aug.k)
+
+
+def output_positions(tokens: np.ndarray) -> np.ndarray:
+    """Positions of output tokens (given or generated) read from what precedes them: a colour or
+    row end at (cells before it in its row, row ends before it, 3); any other token, the end
+    included, at (0, 0, 4). -> (n, 3) int64; agrees with tokenize_pair on a whole output."""
+    tokens = np.asarray(tokens, np.int64)
+    index = np.arange(len(tokens))
+    row_end = tokens == TOKEN_ROW_END
+    after_row_end = np.maximum.accumulate(np.where(row_end, index + 1, 0)) if len(tokens) else index
+    row_start = np.concatenate([[0], after_row_end[:-1]]).astype(np.int64)
+    positions = np.stack([np.minimum(index - row_start, MAX_GRID),
+                          np.minimum(np.cumsum(row_end) - row_end, MAX_GRID - 1),
+                          np.full(len(tokens), 3)], -1).astype(np.int64)
+    positions[(tokens >= TOKEN_START) & ~row_end] = (0, 0, 4)
+    return positions
+
+
+def tokens_to_grid(tokens: np.ndarray) -> np.ndarray | None:
+    """Written output tokens (what follows the separator) -> the grid, or None when there is no
+    end token, or before it a row is left open, rows differ in width, a row is empty, another
+    special token appears, or the grid exceeds 30x30."""
+    tokens = np.asarray(tokens, np.int64)
+    ends = np.flatnonzero(tokens == TOKEN_END)
+    if not len(ends):
+        return None
+    tokens = tokens[:ends[0]]
+    row_ends = np.flatnonzero(tokens == TOKEN_ROW_END)
+    if not len(row_ends) or row_ends[-1] != len(tokens) - 1:
+        return None
+    cells = tokens[tokens != TOKEN_ROW_END]
+    widths = np.diff(row_ends, prepend=-1) - 1
+    h, w = len(row_ends), int(widths[0])
+    if (cells > 9).any() or w < 1 or (widths != w).any() or h > MAX_GRID or w > MAX_GRID:
+        return None
+    return cells.reshape(h, w).astype(np.uint8)
+
+
+def rotary_split(head_dim: int) -> tuple[int, int, int]:
+    """Rotary pairs per axis (column, row, plane): 10 / 10 / 12 of head dim 64's 32 pairs (as
+    mdlARC), at other sizes 5/16 of the pairs each for column and row and the rest for the plane."""
+    if head_dim % 2 or head_dim < 6:
+        raise ValueError(f"3-D rotary positions need an even head dim of at least 6, not {head_dim}")
+    pairs = head_dim // 2
+    xy = max(1, pairs * 5 // 16)
+    return xy, xy, pairs - 2 * xy
+
+
+class Rotary3D(torch.nn.Module):
+    """cos and sin of the rotary angles of 3-D positions: each axis turns its own pairs of a
+    head's dimensions (rotary_split) at frequencies base^(-i/n), i < n, n the axis' pairs."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        split = torch.tensor(rotary_split(head_dim))
+        self.base = base
+        # Integer buffers: casting the model (.to(bfloat16)) leaves them, so angles stay float32.
+        self.register_buffer("axis", torch.repeat_interleave(torch.arange(3), split), persistent=False)
+        self.register_buffer("rank", torch.cat([torch.arange(n) for n in split.tolist()]), persistent=False)
+        self.register_buffer("count", torch.repeat_interleave(split, split), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (T, 3) -> cos, sin (T, 1, head_dim / 2) float32."""
+        inv_freq = self.base ** (-self.rank.float() / self.count.float())
+        angles = positions[:, self.axis].float() * inv_freq
+        return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (T, heads, head_dim) by the angles, in float32: dimension i pairs with i + head_dim/2."""
+    x32 = x.float()
+    half = cos.shape[-1]
+    x1, x2 = x32[..., :half], x32[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
+
+
+@dataclass
+class PackedBatch:
+    """Sequences laid end to end in one stream, described as flash-attention's variable-length
+    API takes them (cu_seqlens); tokens past cu_seqlens[-1] are padding (`pad_to`)."""
+    tokens: torch.Tensor        # (T,) long
+    positions: torch.Tensor     # (T, 3) long
+    targets: torch.Tensor       # (T,) long: the next token of the same sequence (0 after its last)
+    loss_mask: torch.Tensor     # (T,) bool: the prediction made here is scored (its target is an output token)
+    cu_seqlens: torch.Tensor    # (B+1,) int32: sequence b is tokens cu_seqlens[b]:cu_seqlens[b+1]
+    max_len: int                # longest sequence
+    task: torch.Tensor          # (T,) long: per-task embedding row of each token's sequence
+    dihedral: torch.Tensor      # (T,) long: dihedral embedding row of each token's sequence
+    doc: torch.Tensor           # (T,) long: each token's sequence; B for padding
+    bounds: tuple[int, ...]     # cu_seqlens on the host
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.bounds) - 1
+
+
+def pack_sequences(sequences: Sequence[TokenSequence], device: str | torch.device = "cpu",
+                   pad_to: int = 1) -> PackedBatch:
+    """Concatenate sequences into one PackedBatch on `device` (one host-to-device copy); the
+    stream's length is rounded up to a multiple of pad_to (fewer shapes for torch.compile)."""
+    if not sequences:
+        raise ValueError("nothing to pack")
+    lengths = np.array([len(s.tokens) for s in sequences])
+    n, real = len(sequences), int(lengths.sum())
+    total = -(-real // pad_to) * pad_to
+    cu = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=cu[1:])
+    cols = np.zeros((9, total), np.int64)   # token, x, y, z, target, scored, task, dihedral, doc
+    cols[0] = TOKEN_END
+    cols[0, :real] = np.concatenate([s.tokens for s in sequences])
+    cols[1:4, :real] = np.concatenate([s.positions for s in sequences]).T
+    mask = np.concatenate([s.mask for s in sequences])
+    cols[4, :real - 1] = cols[0, 1:real]
+    cols[5, :real - 1] = mask[1:]
+    cols[4:6, cu[1:] - 1] = 0                 # a sequence's last token predicts nothing
+    cols[6, :real] = np.repeat([s.task for s in sequences], lengths)
+    cols[7, :real] = np.repeat([s.dihedral for s in sequences], lengths)
+    cols[8] = n
+    cols[8, :real] = np.repeat(np.arange(n), lengths)
+    t = torch.from_numpy(cols).to(device)
+    return PackedBatch(t[0], t[1:4].T.contiguous(), t[4], t[5].bool(),
+                       torch.from_numpy(cu).to(device, torch.int32), int(lengths.max()),
+                       t[6], t[7], t[8], tuple(cu.tolist()))
+
+
+def sequence_loss(logits: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Mean cross-entropy of the scored next-token predictions (output cells, row ends, end)."""
+    ce = F.cross_entropy(logits.float(), batch.targets, reduction="none")
+    return torch.where(batch.loss_mask, ce, 0.0).sum() / batch.loss_mask.sum().clamp(min=1)
+
+
+_VARLEN_CAUSAL: dict[str, Any] = {}
+
+
+def _varlen_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """PyTorch's variable-length FlashAttention (torch.nn.attention.varlen), causal per sequence."""
+    from torch.nn.attention.varlen import varlen_attn
+    if not _VARLEN_CAUSAL:   # torch 2.10 said is_causal=True; later versions a (left, right) window
+        import inspect
+        causal = "window_size" in inspect.signature(varlen_attn).parameters
+        _VARLEN_CAUSAL.update({"window_size": (-1, 0)} if causal else {"is_causal": True})
+    cu, longest = batch.cu_seqlens, batch.max_len
+    if q.shape[0] > batch.bounds[-1]:        # the padding tail attends as one more sequence
+        cu = torch.cat([cu, cu.new_full((1,), q.shape[0])])
+        longest = max(longest, q.shape[0] - batch.bounds[-1])
+    return varlen_attn(q, k, v, cu, cu, longest, longest, **_VARLEN_CAUSAL)
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Causal attention within each sequence of a packed stream: (T, heads, head dim) each.
+
+    Kernel, checked on torch 2.13: none of PyTorch's packed kernels trains on the CPU
+    (FlexAttention has no CPU backward, nested-jagged SDPA refuses is_causal there, varlen is
+    CUDA-only), so the CPU runs one causal SDPA per sequence: exact, no padding, cost by
+    sequence. CUDA in bf16/fp16 runs varlen_attn: the FlashAttention-2 variable-length kernel
+    mdlARC used, fed cu_seqlens directly (no block mask to build per batch), a registered
+    custom op that torch.compile keeps whole. CUDA in float32 (which FlashAttention lacks)
+    takes the CPU's path."""
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+        return _varlen_causal(q, k, v, batch)
+    parts = [F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)),
+                                            is_causal=True).transpose(0, 1)
+             for a, b in zip(batch.bounds[:-1], batch.bounds[1:])]
+    if q.shape[0] > batch.bounds[-1]:
+        parts.append(q.new_zeros(q.shape[0] - batch.bounds[-1], *q.shape[1:]))
+    return torch.cat(parts)
+
+
+class DecoderBlock(EncoderBlock):
+    """EncoderBlock's weights (pre-norm RMSNorm, fused qkv and output projection without bias,
+    SwiGLU) on a token stream (T, C): rotary 3-D positions, attention given by `attend`
+    (packed or cached), dropout on the attention output, the SwiGLU hidden and its output."""
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.0):
+        super().__init__(width, heads)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend) -> torch.Tensor:
+        T, C = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(T, 3, self.heads, C // self.heads).unbind(1)
+        y = attend(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)     # (T, heads, hs)
+        x = x + F.dropout(self.proj(y.reshape(T, C)), self.dropout, self.training)
+        gate, up = self.gate_up(self.norm2(x)).chunk(2, dim=-1)
+        hidden = F.dropout(F.silu(gate) * up, self.dropout, self.training)
+        return x + F.dropout(self.down(hidden), self.dropout, self.training)
+
+
+@dataclass
+class SequenceOutput:
+    logits: torch.Tensor          # (T, 14) next-token logits (the per-token distributions for KD)
+    pooled: torch.Tensor          # (B, width) float32: mean final hidden over each output part
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None   # per layer (keys, values) (T, heads, hs)
+
+
+class SequenceStudent(torch.nn.Module):
+    """Decoder-only transformer over packed pair sequences (tokenize_pair, pack_sequences):
+    token + per-task + dihedral embeddings on every token, DecoderBlocks causal within each
+    sequence, final RMSNorm, an untied head to the 14 tokens. Writes an output by greedy_decode."""
+
+    def __init__(self, cfg: StudentConfig, n_task_ids: int):
+        super().__init__()
+        if cfg.width % cfg.heads:
+            raise ValueError(f"width {cfg.width} is not divisible by heads {cfg.heads}")
+        self.cfg = cfg
+        w = cfg.width
+        self.token = torch.nn.Embedding(SEQUENCE_VOCAB, w)
+        self.task = torch.nn.Embedding(n_task_ids, w)
+        self.dihedral = torch.nn.Embedding(8, w)
+        self.rotary = Rotary3D(w // cfg.heads)
+        self.blocks = torch.nn.ModuleList(DecoderBlock(w, cfg.heads, cfg.dropout) for _ in range(cfg.depth))
+        self.norm = RMSNorm(w)
+        self.head = torch.nn.Linear(w, SEQUENCE_VOCAB, bias=False)
+        for p in self.parameters():           # GPT-2's initialisation; residual outputs scaled by depth
+            if p.dim() == 2:
+                torch.nn.init.normal_(p, std=0.02)
+        for block in self.blocks:
+            for p in (block.proj.weight, block.down.weight):
+                torch.nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.depth))
+
+    def embed(self, tokens: torch.Tensor, task: torch.Tensor, dihedral: torch.Tensor) -> torch.Tensor:
+        x = self.token(tokens) + self.task(task) + self.dihedral(dihedral)
+        return F.dropout(x, self.cfg.dropout, self.training)
+
+    def forward(self, batch: PackedBatch, keep_kv: bool = False) -> SequenceOutput:
+        """Logits of every token of the stream and the pooled vector of every sequence (over its
+        output part: separator, output cells and row ends, end); keep_kv also returns every
+        layer's keys and values (decoding's prefill)."""
+        kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def attend(q, k, v):
+            if keep_kv:
+                kv.append((k, v))
+            return packed_attention(q, k, v, batch)
+
+        x = self.embed(batch.tokens, batch.task, batch.dihedral)
+        cos, sin = self.rotary(batch.positions)
+        for block in self.blocks:
+            x = block(x, cos, sin, attend)
+        z = self.norm(x)
+        n = batch.n_sequences
+        weight = (batch.positions[:, 2] >= 2).float()
+        sums = z.new_zeros(n + 1, z.shape[1], dtype=torch.float32).index_add_(0, batch.doc, z.float() * weight[:, None])
+        counts = weight.new_zeros(n + 1).index_add_(0, batch.doc, weight)
+        pooled = sums[:n] / counts[:n, None].clamp(min=1)
+        return SequenceOutput(self.head(z), pooled, kv if keep_kv else None)
+
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, task: torch.Tensor,
+                    dihedral: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]],
+                    key_mask: torch.Tensor, slot: int) -> torch.Tensor:
+        """One token per sequence (B,) with positions (B, 3): its keys and values go to `slot` of
+        `cache` (per layer (keys, values), (B, heads, L, hs)); it attends to the slots up to it
+        that key_mask (B, L) allows. -> logits (B, 14)."""
+        x = self.embed(tokens, task, dihedral)
+        cos, sin = self.rotary(positions)
+        mask = key_mask[:, None, None, :slot + 1]
+        for block, (keys, values) in zip(self.blocks, cache):
+            def attend(q, k, v, keys=keys, values=values):
+                keys[:, :, slot], values[:, :, slot] = k, v
+                return F.scaled_dot_product_attention(q[:, :, None], keys[:, :, :slot + 1],
+                                                      values[:, :, :slot + 1], attn_mask=mask)[:, :, 0]
+            x = block(x, cos, sin, attend)
+        return self.head(self.norm(x))
+
+
+class Decoded(NamedTuple):
+    tokens: np.ndarray      # written tokens, the end token (or the first other special) included
+    logprob: float          # sum of the model's log-probabilities of those tokens
+
+
+def _special(tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens that end a written output: the end token, or a start or separator (malformed)."""
+    return (tokens >= TOKEN_START) & (tokens != TOKEN_ROW_END)
+
+
+@torch.no_grad()
+def greedy_decode(model: SequenceStudent, prompts: Sequence[TokenSequence],
+                  max_new_tokens: int = MAX_NEW_TOKENS) -> list[Decoded]:
+    """Write every prompt's output at once, greedily, with a KV cache (bf16 autocast on CUDA).
+
+    The prompts run packed (prefill); their keys and values go to a cache with prompts
+    left-aligned to a common end, so step t writes slot P + t for every sequence. A fed token's
+    position comes from what was written: a colour at (cells so far in this row, rows done, 3),
+    a row end likewise and then a new row. A sequence stops at the end token (or any special
+    token) or after max_new_tokens; finished ones keep stepping, masked, until all are done."""
+    device = model.head.weight.device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
+            batch = pack_sequences(prompts, device)
+            out = model(batch, keep_kv=True)
+            n, longest = batch.n_sequences, batch.max_len
+            bounds = torch.tensor(batch.bounds, device=device)
+            lengths = bounds[1:] - bounds[:-1]
+            size = longest + max_new_tokens - 1
+            slot = torch.arange(len(batch.tokens), device=device) - bounds[batch.doc] + (longest - lengths)[batch.doc]
+            cache = []
+            for k, v in out.kv:
+                keys = k.new_zeros(n, k.shape[1], size, k.shape[2])
+                values = torch.zeros_like(keys)
+                keys[batch.doc, :, slot], values[batch.doc, :, slot] = k, v
+                cache.append((keys, values))
+            key_mask = torch.arange(size, device=device)[None] >= (longest - lengths)[:, None]
+            task, dihedral = batch.task[bounds[:-1]], batch.dihedral[bounds[:-1]]
+            logits = out.logits[bounds[1:] - 1]
+            col = torch.zeros(n, dtype=torch.long, device=device)
+            row = torch.zeros_like(col)
+            done = torch.zeros(n, dtype=torch.bool, device=device)
+            logprob = torch.zeros(n, device=device)
+            written = torch.full((n, max_new_tokens), TOKEN_END, dtype=torch.long, device=device)
+            for t in range(max_new_tokens):
+                logp = F.log_softmax(logits.float(), -1)
+                token = logp.argmax(-1)
+                logprob += torch.where(done, 0.0, logp.gather(1, token[:, None])[:, 0])
+                token = torch.where(done, TOKEN_END, token)
+                written[:, t] = token
+                done |= _special(token)
+                if t == max_new_tokens - 1 or (t % 8 == 7 and bool(done.all())):
+                    break
+                colour, row_end = token < 10, token == TOKEN_ROW_END
+                in_grid = colour | row_end
+                positions = torch.stack([torch.where(in_grid, col.clamp(max=MAX_GRID), 0),
+                                         torch.where(in_grid, row.clamp(max=MAX_GRID - 1), 0),
+                                         torch.where(in_grid, 3, 4)], -1)
+                col = torch.where(colour, col + 1, torch.where(row_end, 0, col))
+                row = row + row_end.long()
+                logits = model.decode_step(token, positions, task, dihedral, cache, key_mask, longest + t)
+    finally:
+        model.train(was_training)
+    written_host, logprob_host = written.cpu().numpy(), logprob.cpu().tolist()
+    results = []
+    for tokens, lp in zip(written_host, logprob_host):
+        stop = np.flatnonzero((tokens >= TOKEN_START) & (tokens != TOKEN_ROW_END))
+        results.append(Decoded(tokens[:stop[0] + 1] if len(stop) else tokens, lp))
+    return results
+
+
+@torch.no_grad()
+def greedy_decode_uncached(model: SequenceStudent, prompts: Sequence[TokenSequence],
+                           max_new_tokens: int = MAX_NEW_TOKENS) -> list[Decoded]:
+    """greedy_decode by a full forward over every unfinished sequence at each step: slow, the
+    reference the cached decoder must equal (positions from output_positions)."""
+    device = model.head.weight.device
+    was_training = model.training
+    model.eval()
+    written: list[list[int]] = [[] for _ in prompts]
+    logprob = [0.0] * len(prompts)
+    active = list(range(len(prompts)))
+    try:
+        while active:
+            sequences = []
+            for i in active:
+                p, new = prompts[i], np.array(written[i], np.int64)
+                sequences.append(TokenSequence(np.concatenate([p.tokens, new]),
+                                               np.concatenate([p.positions, output_positions(new)]),
+                                               np.zeros(len(p.tokens) + len(new), bool), p.task, p.dihedral))
+            batch = pack_sequences(sequences, device)
+            with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(batch).logits[torch.tensor(batch.bounds[1:], device=device) - 1]
+            logp = F.log_softmax(logits.float(), -1).cpu()
+            token = logp.argmax(-1)
+            for j, i in enumerate(active):
+                written[i].append(int(token[j]))
+                logprob[i] += float(logp[j, token[j]])
+            active = [i for i in active
+                      if not _special(torch.tensor(written[i][-1])) and len(written[i]) < max_new_tokens]
+    finally:
+        model.train(was_training)
+    return [Decoded(np.array(w, np.int64), lp) for w, lp in zip(written, logprob)]
 
 
 def build_student(cfg: StudentConfig, n_task_ids: int = 1, teacher_dim: int = 2048,
@@ -2987,6 +3494,9 @@ def finish_training(run: TrainingRun, stop: str) -> dict[str, Any]:
             save_training(run, run.best)
     save_training(run, run.last)
     identical = _replicas_identical(run.params)
+    if state.step < run.total:   # a clean stop before the schedule's end: a full bar, and why it stopped
+        run.log.say(f"stopped ({stop}) at step {state.step} of the {run.total} the schedule spans")
+        run.log.bar.total = state.step
     run.log.close()
     if run.lead:
         if not run.best.exists():
@@ -3451,6 +3961,14 @@ def _draw_grid_or_none(ax, grid: np.ndarray | None, title: str) -> None:
         ax.axis("off")
 
 
+def _attempt_panels(record: dict[str, Any]) -> list[tuple[np.ndarray, str]]:
+    """A record's voted attempts as drawn. Where no version gave a grid, the [[0]] that the
+    submission carries as attempt 1 is a placeholder, drawn as 'no grid', not as a prediction."""
+    return [(grid, f"attempt {k + 1} ({_votes(votes)})") if votes else
+            (np.zeros((0, 0), np.uint8), f"attempt {k + 1}: none ([[0]] submitted)")
+            for k, (grid, votes) in enumerate(zip(record["attempts"][:2], record["votes"][:2]))]
+
+
 def plot_prediction_gallery(records: Sequence[dict[str, Any]], split: Split, indices: Sequence[int],
                             title: str):
     """Rows of input | target | attempt 1 | attempt 2 | cell-wise difference of attempt 1. -> Figure"""
@@ -3467,8 +3985,8 @@ def plot_prediction_gallery(records: Sequence[dict[str, Any]], split: Split, ind
         plot_grid(row[0], pair.input, f"{r['task_id']} test {r['index']}: input")
         target = pair.output
         _draw_grid_or_none(row[1], target, "target" if target is None else f"target {target.shape[0]}x{target.shape[1]}")
-        for k, (grid, votes) in enumerate(zip(r["attempts"][:2], r["votes"][:2])):
-            _draw_grid_or_none(row[2 + k], grid, f"attempt {k + 1} ({_votes(votes)})")
+        for k, (grid, title) in enumerate(_attempt_panels(r)):
+            _draw_grid_or_none(row[2 + k], grid, title)
         first = r["attempts"][0]
         if target is not None:
             plot_grid(row[4], difference_grid(first, target), _difference_title(first, target))
@@ -3510,7 +4028,7 @@ def plot_inspection(ev: Evaluation, index: int, version: int | None = None,
     pair = ev.split.pair(example)
     if version is None:
         name = "voted over every version, mapped back"
-        shown = [(a, f"attempt {k + 1} ({_votes(v)})") for k, (a, v) in enumerate(zip(r["attempts"], r["votes"]))]
+        shown = _attempt_panels(r)
         panels = [(pair.input, "input"), (pair.output, "target"), *shown]
     else:
         aug, back = ev.versions[r["task_id"]][version], r["candidates"][version]
@@ -3521,24 +4039,27 @@ def plot_inspection(ev: Evaluation, index: int, version: int | None = None,
                   (aug.apply(back), "prediction (this version)"), *shown]
     if difference and pair.output is not None:   # no difference to draw where the answer is unknown
         panels += [(difference_grid(g, pair.output), _difference_title(g, pair.output)) for g, _ in shown if g.size]
-    cols = max(len(panels), 2)
-    fig, axes = plt.subplots(2 if frames else 1, cols, figsize=(2.1 * cols, 5.2 if frames else 2.4),
+    cols = max(len(panels), 3 if frames else 2)
+    fig, axes = plt.subplots(2 if frames else 1, cols, figsize=(2.1 * cols, 5.4 if frames else 2.4),
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (grid, title) in zip(axes[0], panels):
         _draw_grid_or_none(ax, grid, title)
-    if frames:   # the teacher's frames, cropped to what is drawn in them (a 2x2 grid is a speck in 900 px)
+    if frames:   # the teacher's frames, each drawing cropped to its cells: a 2x2 grid is a speck in 900 px
         obs = make_observations(ev.split.tasks, [example])
-        seen = "original orientation" + ("" if version is None or version == 0 else ", not this version's")
-        for ax, cells, px, what in ((axes[1, 0], obs.query[0], CELL_PX, "frame 0: query input"),
-                                    (axes[1, 1], obs.pair[0], PAIR_PX, "frame 1: a demonstration")):
-            image, (rows, cols) = drawn_area(cells, px)
+        seen = "original orientation" + ("" if version is None or version == 0 else ",\nnot this version's")
+        half = MAX_GRID   # frame 1 holds the demonstration's input | output, each on a 30-cell half
+        drawings = ((obs.query[0], CELL_PX, 0, "frame 0: query input"),
+                    (obs.pair[0][:, :half], PAIR_PX, 0, "frame 1: demo input"),
+                    (obs.pair[0][:, half:], PAIR_PX, half * PAIR_PX, "frame 1: demo output"))
+        for ax, (cells, px, left, what) in zip(axes[1], drawings):
+            image, (rows, columns) = drawn_area(cells, px)
             ax.imshow(image, interpolation="nearest")
             ax.set(xticks=[], yticks=[], frame_on=True)
             ax.axis("on")
-            ax.set_title(f"teacher {what}\n({seen}; px {rows.start}-{rows.stop} x {cols.start}-{cols.stop} "
-                         f"of {FRAME_PX}x{FRAME_PX})", fontsize=7)
+            ax.set_title(f"teacher {what}\n({seen})\npx {rows.start}-{rows.stop} x {left + columns.start}-"
+                         f"{left + columns.stop} of {FRAME_PX}", fontsize=7)
     fig.suptitle(f"{r['task_id']} test {r['index']}: {name}", fontsize=9)
     fig.tight_layout()
     return fig
