@@ -79,13 +79,12 @@ __all__ = [
     "FeatureStore",
     # 7. Students
     "StudentConfig", "canvas_side", "RMSNorm", "EncoderBlock", "Encoder", "StudentOutput",
-    "pad_to_full", "GridStudent", "FeaturesStudent", "TOKEN_START", "TOKEN_ROW_END",
-    "TOKEN_SEPARATOR", "TOKEN_END", "SEQUENCE_VOCAB", "MAX_NEW_TOKENS", "TokenSequence",
-    "tokenize_pair", "pair_sequence", "output_positions", "tokens_to_grid", "rotary_split",
-    "Rotary3D", "apply_rotary", "PackedBatch", "pack_sequences", "sequence_loss", "packed_attention",
-    "DecoderBlock", "SequenceOutput", "SequenceStudent", "Decoded", "greedy_decode",
-    "greedy_decode_uncached", "build_student", "parameter_table",
-    "student_inputs", "inference_fn", "plot_data_flow", "SEED_PARAMETERS",
+    "pad_to_full", "GridStudent", "FeaturesStudent", "TOKEN_START", "TOKEN_ROW_END", "TOKEN_SEPARATOR",
+    "TOKEN_END", "SEQUENCE_VOCAB", "MAX_NEW_TOKENS", "TokenSequence", "tokenize_pair", "pair_sequence",
+    "output_positions", "tokens_to_grid", "rotary_split", "Rotary3D", "apply_rotary", "PackedBatch",
+    "pack_sequences", "sequence_loss", "packed_attention", "DecoderBlock", "SequenceOutput",
+    "SequenceStudent", "Decoded", "greedy_decode", "greedy_decode_uncached", "build_student",
+    "parameter_table", "student_inputs", "inference_fn", "plot_data_flow", "SEED_PARAMETERS",
     # 8. Losses
     "LossConfig", "DistillLoss", "loss_checks", "loss_sweep", "plot_loss_sweep",
     # 9. Training
