@@ -815,11 +815,11 @@ def augmentation_candidates(task: Task, seed: int = 0) -> Iterable[Augmentation]
     rng = np.random.default_rng([seed, zlib.crc32(task.id.encode())])
     free = np.array(sorted(set(range(1, 10)) - output_only_colours(task)), dtype=np.int64)
     yield Augmentation()
-    colours = np.arange(NUM_CLASSES)
-    while True:
-        for k in rng.permutation(8):
-            colours[free] = rng.permutation(free)
-            yield Augmentation(int(k), tuple(colours.tolist()))
+    colours = np.tile(np.arange(NUM_CLASSES), (8, 1))
+    while True:                                          # 8 candidates per round, drawn at once
+        colours[:, free] = rng.permuted(np.tile(free, (8, 1)), axis=1)
+        for k, row in zip(rng.permutation(8).tolist(), colours.tolist()):
+            yield Augmentation(k, tuple(row))
 
 
 def unique_by_input(grid: np.ndarray, candidates: Iterable[Augmentation], n: int,
@@ -828,13 +828,22 @@ def unique_by_input(grid: np.ndarray, candidates: Iterable[Augmentation], n: int
     first candidate is always kept). Stops early after `patience` candidates in a row add
     nothing (default 4n + 64): a grid with few colours or symmetries has fewer versions than n."""
     patience = patience or 4 * n + 64
+    views = [dihedral(grid, k) for k in range(8)]       # each transform once, then colour lookups
+    present = np.unique(grid)
+    tried: set[tuple] = set()    # (k, images of the grid's colours): a repeat needs no transform
     seen: set[tuple] = set()
     kept: list[Augmentation] = []
     misses = 0
     for aug in candidates:
-        out = aug.apply(grid)
-        key = (out.shape, out.tobytes())
-        if key in seen:
+        colours = np.asarray(aug.colours, dtype=np.uint8)
+        short = (aug.k, colours[present].tobytes())
+        new = short not in tried
+        if new:
+            tried.add(short)
+            out = colours[views[aug.k]]                  # == aug.apply(grid)
+            key = (out.shape, out.tobytes())
+            new = key not in seen
+        if not new:
             misses += 1
             if misses >= patience:
                 break
@@ -2001,10 +2010,12 @@ def output_positions(tokens: np.ndarray) -> np.ndarray:
     row end at (cells before it in its row, row ends before it, 3); any other token, the end
     included, at (0, 0, 4). -> (n, 3) int64; agrees with tokenize_pair on a whole output."""
     tokens = np.asarray(tokens, np.int64)
+    if not len(tokens):
+        return np.zeros((0, 3), np.int64)
     index = np.arange(len(tokens))
     row_end = tokens == TOKEN_ROW_END
-    after_row_end = np.maximum.accumulate(np.where(row_end, index + 1, 0)) if len(tokens) else index
-    row_start = np.concatenate([[0], after_row_end[:-1]]).astype(np.int64)
+    after_row_end = np.maximum.accumulate(np.where(row_end, index + 1, 0))   # index after the latest row end
+    row_start = np.concatenate([[0], after_row_end[:-1]])
     positions = np.stack([np.minimum(index - row_start, MAX_GRID),
                           np.minimum(np.cumsum(row_end) - row_end, MAX_GRID - 1),
                           np.full(len(tokens), 3)], -1).astype(np.int64)
@@ -2150,8 +2161,11 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: P
     CUDA-only), so the CPU runs one causal SDPA per sequence: exact, no padding, cost by
     sequence. CUDA in bf16/fp16 runs varlen_attn: the FlashAttention-2 variable-length kernel
     mdlARC used, fed cu_seqlens directly (no block mask to build per batch), a registered
-    custom op that torch.compile keeps whole. CUDA in float32 (which FlashAttention lacks)
-    takes the CPU's path."""
+    custom op that torch.compile keeps whole. Measured on an H200 (torch 2.11, 2026-12-02):
+    8 x 768 model, 32 ARC-1 pairs (12.4k tokens) per step, bf16, compiled: 19.5 ms per step
+    with AdamW, 31% MFU of 989 TFLOP/s; logits within 0.006 of the float32 per-sequence path.
+    FlexAttention with a document block mask had not compiled after 400 s there. CUDA in
+    float32 (which FlashAttention lacks) takes the CPU's path."""
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         return _varlen_causal(q, k, v, batch)
     parts = [F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)),
