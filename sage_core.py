@@ -94,23 +94,24 @@ __all__ = [
     "FIT_STEPS", "lr_at", "fitted_total", "BudgetSchedule", "SignSGD", "OptimizerSet", "make_optimizer",
     "WeightAverage", "TrainState", "CONFIG_CLASSES", "config_from_record", "checkpoint_config",
     "save_checkpoint", "load_checkpoint", "student_weights", "student_from_checkpoint", "grid_scores",
-    "predict_rows", "validate", "example_tokens", "flops_per_example", "peak_flops", "TrainingDiverged",
-    "TrainingStep", "TrainingData", "training_data", "training_model", "resume_training", "TrainingLog",
-    "training_batches", "TrainingRun", "setup_training", "StepResult", "train_step", "log_step",
-    "fit_schedule", "stop_reason", "validate_run", "save_training", "end_of_epoch", "finish_training",
-    "train", "read_metrics", "plot_learning_curves", "SageTeacher", "TEACHERS", "teacher_options",
-    "load_teacher",
+    "predict_rows", "validate", "validate_sequences", "example_tokens", "flops_per_example",
+    "peak_flops", "TrainingDiverged", "TrainingStep", "SequenceStep", "TrainingData", "training_data",
+    "sequence_training_data", "training_model", "resume_training", "TrainingLog", "training_batches",
+    "TrainingRun", "setup_training", "StepResult", "sequence_flops", "train_step", "step_accuracy",
+    "log_step", "fit_schedule", "stop_reason", "validate_run", "save_training", "end_of_epoch",
+    "finish_training", "train", "read_metrics", "plot_learning_curves", "SageTeacher", "TEACHERS",
+    "teacher_options", "load_teacher",
     # 10. Evaluation and scoring
     "score_predictions", "answered_tasks", "scoring_note", "copy_baseline", "vote", "voted_predictions",
     "CANDIDATE_RANKINGS", "voted_decodings", "score_voted", "submission", "evaluate_checkpoint",
-    "score_checkpoint", "Evaluation", "training_teacher", "evaluate_run", "score_table", "pair_scores",
-    "SIZE_BINS", "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
-    "plot_accuracy_by_size", "plot_inspection", "SEED_TARGETS", "measure_speed", "speed_batches",
-    "speed_profile", "compiled_speed", "student_speed", "speed_comparison", "speed_table",
-    "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment", "block_attention",
-    "attention_rollout", "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE",
-    "attention_similarity", "plot_attention_similarity", "evaluation_label", "evaluation_metrics",
-    "evaluation_report", "write_evaluation",
+    "score_checkpoint", "decode_and_vote", "Evaluation", "training_teacher", "evaluate_run",
+    "score_table", "pair_scores", "SIZE_BINS", "accuracy_by_size", "difference_grid", "gallery_pairs",
+    "plot_prediction_gallery", "plot_accuracy_by_size", "plot_inspection", "SEED_TARGETS",
+    "measure_speed", "speed_batches", "speed_profile", "compiled_speed", "student_speed",
+    "speed_comparison", "speed_table", "speed_ratios", "plot_speed", "feature_alignment",
+    "plot_alignment", "block_attention", "attention_rollout", "cell_attention_maps", "map_correlations",
+    "ATTENTION_UNAVAILABLE", "attention_similarity", "plot_attention_similarity", "evaluation_label",
+    "evaluation_metrics", "evaluation_report", "write_evaluation",
     # 11. Configuration and runs
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
     "parameters_source", "config_params", "environment_record", "Run", "results_table", "store_path",
@@ -1787,7 +1788,7 @@ class FeatureStore:
 @dataclass
 class StudentConfig(ConfigBase):
     """Sizes of a SAGE student; the seed's size is the default."""
-    student: str = choice("grid", "features")   # grid | features
+    student: str = choice("grid", "features", "sequence")   # grid | features | sequence (writes its answer)
     width: int = 512               # model width
     depth: int = 6                 # encoder layers
     heads: int = 8                 # attention heads
@@ -2382,12 +2383,13 @@ def greedy_decode_uncached(model: SequenceStudent, prompts: Sequence[TokenSequen
 
 def build_student(cfg: StudentConfig, n_task_ids: int = 1, teacher_dim: int = 2048,
                   max_tokens: int = 5200) -> torch.nn.Module:
-    """A student by cfg.student; n_task_ids counts augmented task ids (grid student)."""
+    """A student by cfg.student; n_task_ids counts task-embedding rows (augmented task ids for
+    the grid student, tasks for the sequence student)."""
     if cfg.student == "grid":
         return GridStudent(cfg, n_task_ids)
     if cfg.student == "features":
         return FeaturesStudent(cfg, teacher_dim, max_tokens)
-    raise ValueError(f"unknown student {cfg.student!r}; use 'grid' or 'features'")
+    return SequenceStudent(cfg, n_task_ids)
 
 
 def parameter_table(model: torch.nn.Module) -> dict[str, int]:
@@ -3225,6 +3227,28 @@ def validate(model, bank: ExampleBank, device: str) -> dict[str, float]:
     return {"pixel": pixel, "exact": exact}
 
 
+@torch.no_grad()
+def validate_sequences(model: SequenceStudent, pools: VersionPools, device: str, chunk: int = 64) -> dict[str, float]:
+    """The sequence student on the identity version of every pool pair, teacher-forced in packed
+    passes: exact = share of pairs whose every output-part prediction is right, which is exactly
+    when greedy decoding writes their answer; pixel = share of output cells predicted right
+    given the cells before them. Under torchrun each process takes every n-th pair."""
+    rank, world = distributed_rank()
+    model.eval()
+    sums = torch.zeros(3, device=device)     # exact pairs, right cells, cells
+    for rows in pools.start[:-1][rank::world].split(chunk):
+        batch = pack_rows(pools, rows, device)
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
+            right = model(batch).logits.argmax(-1) == batch.targets
+        n = batch.n_sequences
+        wrong = torch.zeros(n + 1, device=device).index_add_(0, batch.doc, (~right & batch.loss_mask).float())
+        cells = batch.loss_mask & (batch.targets < TOKEN_START)      # targets that are colours
+        sums += torch.stack([(wrong[:n] == 0).sum().float(), (right & cells).sum().float(), cells.sum().float()])
+    model.train()
+    exact, right_cells, cells = sum_over_ranks(sums).tolist()
+    return {"pixel": right_cells / max(cells, 1.0), "exact": exact / max(1, len(pools.examples))}
+
+
 def example_tokens(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
     """Tokens the encoder sees per example of a batch: canvas cells plus task tokens for the
     grid student, teacher tokens for the features student."""
@@ -3274,6 +3298,16 @@ class TrainingStep(torch.nn.Module):
         return out, self.loss(out, target, teacher_pooled, None, teacher_logits)
 
 
+class SequenceStep(TrainingStep):
+    """The sequence student's step: next-token cross-entropy on the output part of every packed
+    sequence (the loss module rides along, so checkpoints keep one layout)."""
+
+    def forward(self, batch: PackedBatch):
+        out = self.model(batch)
+        task = sequence_loss(out.logits, batch)
+        return out, {"task": task, "total": self.loss.cfg.w_task * task}
+
+
 def _any_process(flag: bool, device: str) -> bool:
     """True where any process says so: a collective under torchrun, the flag itself otherwise."""
     if distributed_rank()[1] == 1:
@@ -3296,18 +3330,21 @@ def _replicas_identical(params: Sequence[torch.Tensor]) -> bool:
 class TrainingData:
     """What a training run reads, on its device: the augmented versions of every task, their
     embedding rows, the training and validation banks, and the teacher targets the loss uses."""
-    versions: dict[str, list[Augmentation]]
-    ids: list[str]                            # task-embedding rows, '<task>~<augmentation>'
-    train: ExampleBank
-    val: ExampleBank
+    versions: dict[str, list[Augmentation]]   # by task (the sequence student's are per pair: its pools)
+    ids: list[str]                            # task-embedding rows, '<task>~<augmentation>' (sequence: '<task>')
+    train: ExampleBank | VersionPools         # the sequence student reads pools of versions
+    val: ExampleBank | VersionPools
     teacher_pooled: torch.Tensor | None       # (training examples, D) float32, w_feat > 0
     teacher_logits: torch.Tensor | None       # (training rows, 30, 30, 11) fp16, w_kd > 0
+    n_versions: int = 1                       # versions per task (per pair at most, sequence student)
 
 
 def training_data(cfg: dict[str, Any], split: Split, store: "FeatureStore | None", device: str) -> TrainingData:
     """Every (example, version) of the split's training and validation pairs encoded once on the
     device, with the teacher targets the configured loss needs (refused without a store)."""
     dc, sc_, lc = cfg["data"], cfg["student"], cfg["loss"]
+    if sc_.student == "sequence":
+        return sequence_training_data(cfg, split)
     features = sc_.student == "features"
     # The teacher saw each pair once, in its original orientation; its tokens cannot follow an
     # augmentation, so the features student trains on the original pairs only.
@@ -3330,7 +3367,21 @@ def training_data(cfg: dict[str, Any], split: Split, store: "FeatureStore | None
         logits = torch.tensor(np.stack([
             augment_logits(base[r // V], versions[train_bank.examples[r // V].task_id][r % V])
             for r in range(len(train_bank.cells))]), dtype=torch.float16, device=device)
-    return TrainingData(versions, version_ids(split.tasks, versions), train_bank, val_bank, pooled, logits)
+    return TrainingData(versions, version_ids(split.tasks, versions), train_bank, val_bank, pooled, logits,
+                        train_bank.versions)
+
+
+def sequence_training_data(cfg: dict[str, Any], split: Split) -> TrainingData:
+    """The sequence student's data: every training pair with its pool of up to `augmentations`
+    versions (an epoch takes each pair once, in one version), the validation pairs in their
+    identity version, one task-embedding row per task. Its teacher terms are not wired yet, so
+    a loss that asks for them is refused before any work."""
+    lc = cfg["loss"]
+    if lc.w_feat > 0 or lc.w_kd > 0:
+        raise ValueError("the sequence student trains without teacher terms for now: set w_feat=0 and w_kd=0")
+    dc, seed = cfg["data"], cfg["run"].seed
+    return TrainingData({}, list(task_rows(split.tasks)), version_pools(split, "train", dc.augmentations, seed),
+                        version_pools(split, "val", 1, seed), None, None, dc.augmentations)
 
 
 def training_model(cfg: dict[str, Any], data: TrainingData, device: str, world: int):
@@ -3349,11 +3400,11 @@ def training_model(cfg: dict[str, Any], data: TrainingData, device: str, world: 
     optimizer = make_optimizer(model, loss, tc)
     average = WeightAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
     if tc.compile and device.startswith("cuda"):
-        # The encoder is where the FLOPs are; compiling the whole student failed in Inductor
-        # (torch 2.11) on the canvas slicing, so only the encoder's blocks are compiled.
-        for block in model.encoder.blocks:
+        # The blocks are where the FLOPs are; compiling the whole grid student failed in Inductor
+        # (torch 2.11) on the canvas slicing, so only the blocks are compiled.
+        for block in getattr(model, "encoder", model).blocks:
             block.compile()
-    step_fn = TrainingStep(model, loss)
+    step_fn = SequenceStep(model, loss) if sc_.student == "sequence" else TrainingStep(model, loss)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
         step_fn = DistributedDataParallel(step_fn, device_ids=[device] if device.startswith("cuda") else None)
@@ -3405,12 +3456,16 @@ class TrainingLog:
             self.metrics.close()
 
 
-def training_batches(cfg: dict[str, Any], bank: ExampleBank, epoch: int, world: int) -> list[torch.Tensor]:
-    """An epoch's global batches of about batch_size full canvases' tokens each: the same for
-    any number of processes."""
-    sc_ = cfg["student"]
-    tokens = cfg["run"].batch_size * (MAX_GRID * MAX_GRID + sc_.task_tokens)
-    return epoch_batches(bank, tokens, sc_.task_tokens, cfg["run"].seed, epoch, world)
+def training_batches(cfg: dict[str, Any], bank: ExampleBank | VersionPools, epoch: int,
+                     world: int) -> list[torch.Tensor]:
+    """An epoch's global batches, the same for any number of processes: about batch_size full
+    canvases' tokens each, or for the sequence student batch_size sequences of mean length."""
+    sc_, rc = cfg["student"], cfg["run"]
+    if isinstance(bank, VersionPools):
+        tokens = rc.batch_size * int(bank.lengths.float().mean())
+        return sequence_batches(bank, tokens, rc.seed, epoch, world)
+    tokens = rc.batch_size * (MAX_GRID * MAX_GRID + sc_.task_tokens)
+    return epoch_batches(bank, tokens, sc_.task_tokens, rc.seed, epoch, world)
 
 
 @dataclass
@@ -3497,7 +3552,7 @@ def setup_training(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike
                   f"{writers} process(es), continuing with {world}")
     if rank:   # nothing below draws random numbers yet; anything that will (dropout) must differ
         seed_everything(rc.seed + rank)
-    meta = {"config": cfg, "version_ids": data.ids, "n_versions": data.train.versions, "processes": world,
+    meta = {"config": cfg, "version_ids": data.ids, "n_versions": data.n_versions, "processes": world,
             "canvas": {t: canvas_side(task, cfg["student"].canvas_bucket) for t, task in split.tasks.items()},
             "teacher": store.manifest.get("teacher") if store else None}
     epoch_total = rc.epochs * len(training_batches(cfg, data.train, 0, world))   # the schedule's length by epochs
@@ -3532,33 +3587,55 @@ def _mean_over_processes(values: dict[str, torch.Tensor], world: int) -> dict[st
 
 class StepResult(NamedTuple):
     """What the log line of a step needs besides its loss parts (run.pending)."""
-    logits: torch.Tensor      # (B, 30, 30, 11) on this process's rows
-    target: torch.Tensor      # (B, 30, 30)
+    logits: torch.Tensor      # (B, 30, 30, 11) on this process's rows; (T, 14) for the sequence student
+    target: torch.Tensor | PackedBatch   # (B, 30, 30); the packed batch for the sequence student
     share: float              # this process's rows x processes / the batch's rows
     grad_norm: torch.Tensor   # before clipping
     lr: float
+
+
+def sequence_flops(model: SequenceStudent, batch: PackedBatch) -> float:
+    """Training FLOPs of a packed batch: 6 x matrix weights x tokens, plus causal attention's
+    6 x layers x width x the sum of squared sequence lengths (half the PaLM count's 12)."""
+    dense = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks") and p.dim() == 2)
+    lengths = np.diff(batch.bounds)
+    return (6 * (dense + model.head.weight.numel()) * int(lengths.sum())
+            + 6 * model.cfg.depth * model.cfg.width * float((lengths.astype(np.float64) ** 2).sum()))
+
+
+def _forward(run: TrainingRun, rows: torch.Tensor, mine: torch.Tensor):
+    """This process's rows `mine` of the global batch `rows` through the student and its loss.
+    -> (logits, target, loss parts, training FLOPs of the global batch)"""
+    data, autocast = run.data, torch.autocast("cuda", torch.bfloat16, enabled=run.device.startswith("cuda"))
+    if isinstance(data.train, VersionPools):   # the sequence student: its rows packed end to end
+        batch = pack_rows(data.train, mine.cpu(), run.device)
+        with autocast:
+            out, parts = run.step_fn(batch)
+        return out.logits, batch, parts, sequence_flops(run.model, batch) * len(rows) / len(mine)
+    inputs, target = batch_inputs(data.train, mine)
+    if run.cfg["data"].translate and run.cfg["student"].student != "features":
+        # offsets drawn for the whole batch, so any number of processes sees the same ones
+        g = torch.Generator().manual_seed(run.cfg["run"].seed * 1_000_003 + run.state.step)
+        uniform = rank_rows(torch.rand(len(rows), 2, generator=g), run.rank, run.world)
+        cells, target = translate_pairs(inputs[0], target, uniform)
+        inputs = (cells, inputs[1])
+    pooled = data.teacher_pooled[data.train.example_index[mine]] if data.teacher_pooled is not None else None
+    logits = data.teacher_logits[mine] if data.teacher_logits is not None else None
+    with autocast:
+        out, parts = run.step_fn(inputs, target, pooled, logits)
+    return out.logits, target, parts, len(rows) * run.flops(inputs)
 
 
 def train_step(run: TrainingRun, rows: torch.Tensor) -> StepResult:
     """One optimizer step on the global batch `rows`: the learning rate for this step, the loss
     on this process's share, backward, clip, step, the weight average. The loss parts are
     checked one step late, so the host never waits for the device here."""
-    tc, state, data = run.cfg["train"], run.state, run.data
+    tc, state = run.cfg["train"], run.state
     lr = tc.lr * lr_at(state.step, run.total, tc)
     for g in run.optimizer.param_groups:
         g["lr"] = lr * g["lr_scale"]
     mine = rank_rows(rows, run.rank, run.world).to(run.device)
-    inputs, target = batch_inputs(data.train, mine)
-    if run.cfg["data"].translate and run.cfg["student"].student != "features":
-        # offsets drawn for the whole batch, so any number of processes sees the same ones
-        g = torch.Generator().manual_seed(run.cfg["run"].seed * 1_000_003 + state.step)
-        uniform = rank_rows(torch.rand(len(rows), 2, generator=g), run.rank, run.world)
-        cells, target = translate_pairs(inputs[0], target, uniform)
-        inputs = (cells, inputs[1])
-    pooled = data.teacher_pooled[data.train.example_index[mine]] if data.teacher_pooled is not None else None
-    logits = data.teacher_logits[mine] if data.teacher_logits is not None else None
-    with torch.autocast("cuda", torch.bfloat16, enabled=run.device.startswith("cuda")):
-        out, parts = run.step_fn(inputs, target, pooled, logits)
+    logits, target, parts, flops = _forward(run, rows, mine)
     # Each process's loss is a mean over its rows: weighted by its share of the batch, DDP's
     # average of gradients is the gradient of the whole batch's mean.
     share = len(mine) * run.world / len(rows)
@@ -3574,8 +3651,17 @@ def train_step(run: TrainingRun, rows: torch.Tensor) -> StepResult:
     state.batch_in_epoch += 1
     run.log.bar.update(1)
     run.window["examples"] += len(rows)
-    run.window["flops"] += len(rows) * run.flops(inputs)
-    return StepResult(out.logits, target, share, grad_norm, lr)
+    run.window["flops"] += flops
+    return StepResult(logits, target, share, grad_norm, lr)
+
+
+def step_accuracy(logits: torch.Tensor, target: torch.Tensor | PackedBatch) -> torch.Tensor:
+    """A batch's accuracy for the log: the share of target cells right (a wrong size: none), or
+    for the sequence student the share of its output parts' next-token predictions right."""
+    if isinstance(target, PackedBatch):
+        right = (logits.argmax(-1) == target.targets) & target.loss_mask
+        return right.sum() / target.loss_mask.sum().clamp(min=1)
+    return grid_scores(logits.argmax(-1), target)[0].mean()
 
 
 def log_step(run: TrainingRun, result: StepResult) -> None:
@@ -3584,7 +3670,7 @@ def log_step(run: TrainingRun, result: StepResult) -> None:
     _check_finite(run.pending, run.last)
     dt = time.perf_counter() - run.window["t"]
     values = {k: v.item() for k, v in run.pending[1].items()}
-    cell_acc = grid_scores(result.logits.argmax(-1), result.target)[0].mean() * result.share
+    cell_acc = step_accuracy(result.logits, result.target) * result.share
     values.update(cell_acc=_mean_over_processes({"a": cell_acc}, run.world)["a"].item(), lr=result.lr,
                   grad_norm=result.grad_norm.item(), examples_per_s=run.window["examples"] / dt,
                   mfu=run.window["flops"] / dt / (run.peak * run.world) if run.peak else None)
@@ -3621,8 +3707,9 @@ def stop_reason(run: TrainingRun) -> str | None:
 
 def validate_run(run: TrainingRun) -> dict[str, float]:
     """Validation scores, with the averaged weights where the run keeps an average."""
+    score = validate_sequences if isinstance(run.data.val, VersionPools) else validate
     with run.average.swapped_in() if run.average else contextlib.nullcontext():
-        return validate(run.model, run.data.val, run.device)
+        return score(run.model, run.data.val, run.device)
 
 
 def save_training(run: TrainingRun, path: Path) -> None:
@@ -4026,9 +4113,13 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
                      store: FeatureStore | None = None, name: str = "the checkpoint"
                      ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, list[Augmentation]]]:
     """evaluate_checkpoint on a loaded checkpoint `ck` (named `name` in errors); also returns
-    the task versions it voted over."""
+    the task versions it voted over (the grid student's; the sequence student's are per pair,
+    empty here: its records' candidates follow them)."""
     cfg = checkpoint_config(ck)
     scfg = cfg["student"]
+    if scfg.student == "sequence":
+        records = decode_and_vote(ck, split, part, device, name)
+        return score_voted(records, split), records, {}
     features = scfg.student == "features"
     versions = task_versions(split.tasks, 1 if features else cfg["data"].augmentations, cfg["run"].seed)
     if version_ids(split.tasks, versions) != ck["meta"]["version_ids"]:
@@ -4042,6 +4133,23 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
     cells = predict_rows(student_from_checkpoint(ck, device), bank, torch.arange(len(bank.cells)), device).cpu().numpy()
     records = voted_predictions(split, part, cells, bank.examples, versions)
     return score_voted(records, split), records, versions
+
+
+def decode_and_vote(ck: dict[str, Any], split: Split, part: str, device: str, name: str = "the checkpoint",
+                    chunk: int = 256) -> list[dict[str, Any]]:
+    """The sequence student of a loaded checkpoint writes every version of every split.<part>
+    input (its pools as prompts: outputs never read), greedily, `chunk` prompts at a time; the
+    written grids are mapped back and voted (voted_decodings)."""
+    cfg = checkpoint_config(ck)
+    if list(task_rows(split.tasks)) != ck["meta"]["version_ids"]:
+        raise ValueError(f"{name} was trained on other tasks than this split's")
+    pools = version_pools(split, part, cfg["data"].augmentations, cfg["run"].seed, prompts=True)
+    model = student_from_checkpoint(ck, device)
+    rows = range(len(pools.pair))
+    decoded = [d for i in range(0, len(rows), chunk)
+               for d in greedy_decode(model, [pools.sequence(r) for r in rows[i:i + chunk]])]
+    by_pair = [decoded[int(pools.start[p]):int(pools.start[p + 1])] for p in range(len(pools.examples))]
+    return voted_decodings(split, pools.examples, pools.versions, by_pair)
 
 
 # --- 10b. A trained run on its held-out pairs: its scores, per pair and by size ---

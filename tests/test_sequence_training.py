@@ -1,0 +1,100 @@
+"""The sequence student in the training loop and the evaluation, on the CPU at toy sizes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sage_core as sc
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Toy models run faster on one thread of this 2-core machine (see test_sequence.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def split():
+    return sc.config_split(sc.build_config("smoke", max_tasks=3)["data"])
+
+
+def config(**kw):
+    base = dict(device="cpu", student="sequence", width=32, depth=2, heads=4, augmentations=3, max_tasks=3,
+                w_feat=0.0, seconds_budget=0.0, epochs=2, log_every=2, batch_size=4)
+    return sc.build_config("smoke", **{**base, **kw})
+
+
+def test_it_trains_validates_and_keeps_checkpoints(split, tmp_path):
+    out = sc.train(config(), split, tmp_path, progress=False)
+    assert out["student"] == "sequence" and out["stop"] == "epochs" and out["epochs"] == 2
+    assert out["task_ids"] == len(split.tasks)                        # one embedding row per task
+    records = sc.read_metrics(tmp_path)
+    assert len(records["val"]) == 2 and 0 <= records["val"][-1]["exact"] <= 1
+    assert all(np.isfinite(r["task"]) and 0 <= r["cell_acc"] <= 1 for r in records["train"])
+    model = sc.student_from_checkpoint(sc.load_checkpoint(tmp_path / "checkpoints" / "best.pt"), "cpu")
+    assert isinstance(model, sc.SequenceStudent)
+
+
+def test_an_epoch_takes_every_training_pair_once_in_one_version(split, tmp_path):
+    run = sc.setup_training(config(), split, tmp_path, progress=False)
+    rows = torch.cat(run.batches(0))
+    assert len(rows) == len(run.data.train.examples) == len(split.train)
+    assert sorted(run.data.train.pair[rows].tolist()) == list(range(len(split.train)))
+
+
+def test_resume_continues_bit_exactly_with_dropout(split, tmp_path):
+    n = 3
+    sc.train(config(max_steps=2 * n, epochs=5), split, tmp_path / "straight", progress=False)
+    sc.train(config(max_steps=n, epochs=5), split, tmp_path / "resumed", progress=False)
+    sc.train(config(max_steps=2 * n, epochs=5, resume=True), split, tmp_path / "resumed", progress=False)
+    a, b = (sc.load_checkpoint(tmp_path / d / "checkpoints" / "last.pt")["model"] for d in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def tiny_split():
+    """Three made-up tasks of 2x2 grids (output = input flipped, + 1, or all black): small enough
+    to learn by heart in a few seconds."""
+    rng = np.random.default_rng(0)
+    rules = {"flip": lambda g: g[:, ::-1], "plus": lambda g: (g % 9) + 1, "black": lambda g: 0 * g}
+    tasks = {}
+    for name, rule in rules.items():
+        grids = [rng.integers(1, 9, (2, 2)).astype(np.uint8) for _ in range(3)]
+        pairs = tuple(sc.Pair(g, np.ascontiguousarray(rule(g)).astype(np.uint8)) for g in grids)
+        tasks[name] = sc.Task(name, pairs[:2], pairs[2:], "made up")
+    data = sc.ArcData("made up", tasks)
+    return sc.make_split(data, sc.ArcData("none", {}))
+
+
+def test_validation_exact_means_greedy_decoding_writes_the_answer(tmp_path):
+    """Teacher-forced exactness (validate_sequences) is, pair by pair, greedy decoding's."""
+    tiny = tiny_split()
+    sc.train(config(max_steps=150, epochs=1000, lr=3e-3, dropout=0.0, augmentations=1, batch_size=8, patience=10**6),
+             tiny, tmp_path, progress=False)
+    model = sc.student_from_checkpoint(sc.load_checkpoint(tmp_path / "checkpoints" / "last.pt"), "cpu")
+    pools = sc.version_pools(tiny, "train", 1, 0)
+    decoded = sc.greedy_decode(model, [pools.sequence(int(r), prompt=True) for r in pools.start[:-1]])
+    written = [sc.tokens_to_grid(d.tokens) for d in decoded]
+    right = [g is not None and g.shape == p.output.shape and bool((g == p.output).all())
+             for g, p in zip(written, pools.pairs)]
+    assert sc.validate_sequences(model, pools, "cpu")["exact"] == pytest.approx(np.mean(right))
+    assert np.mean(right) > 0                                          # it learnt pairs by heart
+
+
+def test_evaluation_writes_every_test_input_and_votes(split, tmp_path):
+    sc.train(config(max_steps=4), split, tmp_path, progress=False)
+    scores, records = sc.evaluate_checkpoint(tmp_path / "checkpoints" / "best.pt", split, "test", "cpu")
+    assert len(records) == len(split.test) and scores["predicted_grids"] == len(split.test)
+    assert all(1 <= len(r["candidates"]) <= 3 and 1 <= len(r["attempts"]) <= 2 for r in records)   # <= 3 versions
+    entry = sc.submission(records)
+    assert sorted(entry) == sorted({e.task_id for e in split.test})
+    json.dumps(entry, default=int)
+
+
+def test_teacher_terms_are_refused_before_any_work(split, tmp_path):
+    with pytest.raises(ValueError, match="without teacher terms"):
+        sc.train(config(w_feat=0.5), split, tmp_path, progress=False)
+    assert not (tmp_path / "metrics.jsonl").exists()
