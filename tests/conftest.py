@@ -26,6 +26,17 @@ def tiny():
     return sc.load_teacher("standin", "cpu", preset="tiny")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Toy models are all overhead: on this 2-core machine one thread runs them faster than two
+    contending ones. A module asks for it with pytestmark = pytest.mark.usefixtures(...)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """The whole notebook chain on the smoke profile, through the CLI, in a temporary runs folder

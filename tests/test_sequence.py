@@ -9,13 +9,7 @@ import sage_core as sc
 E, R, S, X = sc.TOKEN_END, sc.TOKEN_ROW_END, sc.TOKEN_SEPARATOR, sc.TOKEN_START
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are all overhead: one thread is faster than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def model(n_tasks=3, seed=0, **kw):

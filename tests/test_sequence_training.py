@@ -8,13 +8,7 @@ import torch
 import sage_core as sc
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Toy models run faster on one thread of this 2-core machine (see test_sequence.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
