@@ -84,7 +84,7 @@ def test_pipeline_names_the_notebook_and_cell_that_fail(tmp_path):
 
 
 def test_a_bad_parameter_fails_before_any_notebook_runs(tmp_path):
-    with pytest.raises(ValueError, match=re.escape("student must be one of grid | features, not 'gird'")):
+    with pytest.raises(ValueError, match=re.escape("student must be one of grid | features | sequence, not 'gird'")):
         sc.run_pipeline("smoke", "cpu", "typo", tmp_path, student="gird")
     assert not (tmp_path / "typo").exists()
 
