@@ -460,8 +460,8 @@ class ArcData:
 
 def _load_each(parsers: Iterable[tuple[str, Any]], on_error: str) -> tuple[dict[str, Task], list[TaskError]]:
     """Tasks by id from (task id, function returning the parsed task) pairs. A bad task stops the
-    load (on_error='raise') or is kept in the errors while every good task loads ('skip')."""
-    _check_on_error(on_error)
+    load (on_error='raise') or is kept in the errors while every good task loads ('skip'); the
+    callers check on_error before any I/O."""
     tasks, errors = {}, []
     for task_id, parse in parsers:
         try:
@@ -3607,11 +3607,12 @@ def _forward(run: TrainingRun, rows: torch.Tensor, mine: torch.Tensor):
     """This process's rows `mine` of the global batch `rows` through the student and its loss.
     -> (logits, target, loss parts, training FLOPs of the global batch)"""
     data, autocast = run.data, torch.autocast("cuda", torch.bfloat16, enabled=run.device.startswith("cuda"))
-    if isinstance(data.train, VersionPools):   # the sequence student: its rows packed end to end
-        batch = pack_rows(data.train, mine.cpu(), run.device)
+    if isinstance(data.train, VersionPools):   # the sequence student: its rows packed end to end on the host
+        batch = pack_rows(data.train, mine, run.device)
         with autocast:
             out, parts = run.step_fn(batch)
         return out.logits, batch, parts, sequence_flops(run.model, batch) * len(rows) / len(mine)
+    mine = mine.to(run.device)
     inputs, target = batch_inputs(data.train, mine)
     if run.cfg["data"].translate and run.cfg["student"].student != "features":
         # offsets drawn for the whole batch, so any number of processes sees the same ones
@@ -3634,7 +3635,7 @@ def train_step(run: TrainingRun, rows: torch.Tensor) -> StepResult:
     lr = tc.lr * lr_at(state.step, run.total, tc)
     for g in run.optimizer.param_groups:
         g["lr"] = lr * g["lr_scale"]
-    mine = rank_rows(rows, run.rank, run.world).to(run.device)
+    mine = rank_rows(rows, run.rank, run.world)   # on the host: the grid student's go to the device in _forward
     logits, target, parts, flops = _forward(run, rows, mine)
     # Each process's loss is a mean over its rows: weighted by its share of the batch, DDP's
     # average of gradients is the gradient of the whole batch's mean.
@@ -3983,6 +3984,11 @@ def copy_baseline(split: Split, part: str = "test") -> dict[str, float]:
                              [ex.task_id for ex in examples], answered_tasks(split))
 
 
+def _grid_key(grid: np.ndarray) -> bytes:
+    """Grids equal in shape and every cell share a key (the unit of voting)."""
+    return bytes(grid.shape) + np.ascontiguousarray(grid, dtype=np.uint8).tobytes()
+
+
 def vote(candidates: Sequence[np.ndarray], attempts: int = 2) -> tuple[list[np.ndarray], list[int]]:
     """The `attempts` most frequent grids among candidates (one per augmented version, already
     mapped back), with their vote counts. Ties keep the order in which grids first appeared,
@@ -3990,7 +3996,7 @@ def vote(candidates: Sequence[np.ndarray], attempts: int = 2) -> tuple[list[np.n
     counts: dict[bytes, int] = {}
     grids: dict[bytes, np.ndarray] = {}
     for g in candidates:
-        key = bytes(g.shape) + np.ascontiguousarray(g, dtype=np.uint8).tobytes()
+        key = _grid_key(g)
         counts[key] = counts.get(key, 0) + 1
         grids.setdefault(key, g)
     ranked = sorted(counts, key=lambda k: -counts[k])      # stable: first seen wins ties
@@ -4054,7 +4060,7 @@ def voted_decodings(split: Split, examples: Sequence[Example], versions: Sequenc
                 back.append(np.zeros((0, 0), np.uint8))
                 continue
             back.append(aug.invert(grid))
-            s = stats.setdefault(bytes(back[-1].shape) + back[-1].tobytes(), [back[-1], 0, 0.0, 0.0])
+            s = stats.setdefault(_grid_key(back[-1]), [back[-1], 0, 0.0, 0.0])
             s[1:] = s[1] + 1, s[2] + d.logprob, s[3] + math.exp(d.logprob)
         ranked = sorted(stats.values(), key=lambda s: rank(*s[1:]), reverse=True)[:2]   # stable
         if not ranked:
