@@ -55,7 +55,7 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     loss = sc.DistillLoss(sc.LossConfig(), 32, 32)
     optimizer = sc.make_optimizer(model, loss, sc.TrainConfig(optimizer="muon", lr=1e-3, muon_lr=4e-3))
     adamw, muon = optimizer.optimizers
-    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert isinstance(muon, sc.StackedMuon) and isinstance(adamw, torch.optim.AdamW)
     names = {id(p): n for n, p in model.named_parameters()}
     in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
     assert in_muon == set(sc.muon_matrices(model)) and len(in_muon) == 4 * 2          # qkv, proj, gate_up, down x 2
@@ -111,3 +111,25 @@ def test_teacher_terms_are_refused_before_any_work(split, tmp_path):
     with pytest.raises(ValueError, match="without teacher terms"):
         sc.train(config(w_feat=0.5), split, tmp_path, progress=False)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("adjust", ["original", "match_rms_adamw"])
+def test_stacked_muon_steps_as_torch_muon_does(adjust):
+    torch.manual_seed(0)
+    shapes = [(48, 16), (48, 16), (16, 64), (16, 16), (16, 64)]   # tall, wide, square; shared shapes
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
+    moved = []
+    for kind in (torch.optim.Muon, sc.StackedMuon):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = kind(params, lr=0.02, weight_decay=0.1, adjust_lr_fn=adjust)
+        for g in grads:
+            for p, gi in zip(params, g):
+                p.grad = gi.clone()
+            opt.step()
+        moved.append([p.detach() for p in params])
+        state = opt.state_dict()["state"]
+    for reference, stacked, s in zip(*moved, start):
+        assert (reference - s).abs().max() > 0.01                        # it moved
+        torch.testing.assert_close(stacked, reference, atol=1e-4, rtol=0)  # the same step (equal here on the CPU)
+    assert set(state[0]) == {"momentum_buffer"}                           # torch's state layout: checkpoints load in either
