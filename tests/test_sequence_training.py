@@ -133,3 +133,19 @@ def test_stacked_muon_steps_as_torch_muon_does(adjust):
         assert (reference - s).abs().max() > 0.01                        # it moved
         torch.testing.assert_close(stacked, reference, atol=1e-4, rtol=0)  # the same step (equal here on the CPU)
     assert set(state[0]) == {"momentum_buffer"}                           # torch's state layout: checkpoints load in either
+
+
+def test_scoring_never_reads_the_evaluation_answers(split, tmp_path):
+    """The same checkpoint on the same split with the evaluation tasks' test outputs removed
+    writes the same attempts: nothing before scoring read them."""
+    import dataclasses
+    sc.train(config(max_steps=4), split, tmp_path, progress=False)
+    best = tmp_path / "checkpoints" / "best.pt"
+    scores, records = sc.evaluate_checkpoint(best, split, "test", "cpu")
+    evaluation = {e.task_id for e in split.test}
+    tasks = {tid: dataclasses.replace(t, test=tuple(sc.Pair(p.input, None) for p in t.test)) if tid in evaluation else t
+             for tid, t in split.tasks.items()}
+    blind_scores, blind_records = sc.evaluate_checkpoint(best, dataclasses.replace(split, tasks=tasks), "test", "cpu")
+    assert sc.submission(blind_records) == sc.submission(records)
+    assert scores["grids"] == len(split.test) and blind_scores["grids"] == 0
+    assert [r["votes"] for r in blind_records] == [r["votes"] for r in records]
