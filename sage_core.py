@@ -112,11 +112,11 @@ __all__ = [
     "training_teacher", "evaluate_run", "score_table", "pair_scores", "SIZE_BINS",
     "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
     "plot_accuracy_by_size", "plot_inspection", "SEED_TARGETS", "measure_speed", "speed_batches",
-    "speed_profile", "compiled_speed", "student_speed", "speed_comparison", "speed_table",
-    "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment", "block_attention",
-    "attention_rollout", "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE",
-    "attention_similarity", "plot_attention_similarity", "evaluation_label", "evaluation_metrics",
-    "evaluation_report", "write_evaluation",
+    "speed_profile", "compiled_speed", "student_speed", "decoding_speed", "speed_comparison",
+    "speed_table", "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment",
+    "block_attention", "attention_rollout", "cell_attention_maps", "map_correlations",
+    "ATTENTION_UNAVAILABLE", "attention_similarity", "plot_attention_similarity",
+    "evaluation_label", "evaluation_metrics", "evaluation_report", "write_evaluation",
     # 11. Configuration and runs
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
     "parameters_source", "config_params", "environment_record", "Run", "results_table",
@@ -4355,10 +4355,10 @@ def evaluate_checkpoint(path: str | os.PathLike, split: Split, part: str = "test
 
 def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
                      store: FeatureStore | None = None, name: str = "the checkpoint"
-                     ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, list[Augmentation]]]:
-    """evaluate_checkpoint on a loaded checkpoint `ck` (named `name` in errors); also returns
-    the task versions it voted over (the grid student's; the sequence student's are per pair,
-    empty here: its records' candidates follow them)."""
+                     ) -> tuple[dict[str, float], list[dict[str, Any]], list[list[Augmentation]]]:
+    """evaluate_checkpoint on a loaded checkpoint `ck` (named `name` in errors); also returns,
+    per record, the versions its candidates come from (the grid student's are its task's, the
+    sequence student's its pair's pool)."""
     cfg = checkpoint_config(ck)
     scfg = cfg["student"]
     if scfg.student == "sequence":
@@ -4369,7 +4369,7 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
         for rank_by in CANDIDATE_RANKINGS:   # the same writings ranked otherwise, side by side
             ranked = score_voted(voted_decodings(split, pools.examples, pools.versions, decoded, rank_by), split)
             scores.update({f"{k} by {rank_by}": ranked[k] for k in ("pass@1", "pass@2")})
-        return scores, records, {}
+        return scores, records, pools.versions
     features = scfg.student == "features"
     versions = task_versions(split.tasks, 1 if features else cfg["data"].augmentations, cfg["run"].seed)
     if version_ids(split.tasks, versions) != ck["meta"]["version_ids"]:
@@ -4382,7 +4382,7 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
         bank = with_tokens(bank, store, device)
     cells = predict_rows(student_from_checkpoint(ck, device), bank, torch.arange(len(bank.cells)), device).cpu().numpy()
     records = voted_predictions(split, part, cells, bank.examples, versions)
-    return score_voted(records, split), records, versions
+    return score_voted(records, split), records, [versions[r["task_id"]] for r in records]
 
 
 def decode_versions(ck: dict[str, Any], split: Split, part: str, device: str, name: str = "the checkpoint",
@@ -4419,7 +4419,7 @@ class Evaluation:
     step: int                       # optimizer steps behind the checkpoint
     teacher: str                    # the teacher it was trained against, as figures name it
     split: Split                    # rebuilt from the checkpoint's data config and seed
-    versions: dict[str, list[Augmentation]]
+    versions: list[list[Augmentation]]   # per record: the versions its candidates come from
     records: list[dict[str, Any]]   # per test pair: attempts, votes, candidates by version
     scores: dict[str, float]        # voted over the versions
     baseline: dict[str, float]      # copy the input, on the same pairs
@@ -4447,9 +4447,9 @@ def evaluate_run(checkpoint: str | os.PathLike, store_dir: str | os.PathLike,
     device = resolve_device(device)
     ck = load_checkpoint(checkpoint)
     cfg = checkpoint_config(ck)
-    if cfg["student"].student != "grid":
-        raise ValueError(f"{checkpoint} holds a {cfg['student'].student} student; this report covers "
-                         "grid students (voting, galleries, speed of the trained model); score it with "
+    if cfg["student"].student == "features":
+        raise ValueError(f"{checkpoint} holds a features student; this report covers the grid and sequence "
+                         "students (voting, galleries, speed of the trained model); score it with "
                          "evaluate_checkpoint(path, split, 'test', device, store) or `train --evaluate`")
     split = config_split(cfg["data"], cfg["run"].seed)
     scores, records, versions = score_checkpoint(ck, split, "test", device, name=str(checkpoint))
@@ -4464,7 +4464,9 @@ def score_table(ev: Evaluation) -> list[dict[str, Any]]:
     b, s = ev.baseline, ev.scores
     versions = ev.config["data"].augmentations
     shown = lambda v: "-" if v is None else v  # noqa: E731
-    return [{"predictor": f"SAGE grid student, voted over {versions} versions", "pixel": shown(s["pixel"]),
+    student = ev.config["student"].student
+    over = f"up to {versions}" if student == "sequence" else f"{versions}"
+    return [{"predictor": f"SAGE {student} student, voted over {over} versions", "pixel": shown(s["pixel"]),
              "exact": shown(s["exact"]), "pass@1": shown(s["pass@1"]), "pass@2": shown(s["pass@2"]),
              "test pairs": s["grids"], "tasks": s["tasks"]},
             {"predictor": "copy the input", "pixel": shown(b["pixel"]), "exact": shown(b["exact"]),
@@ -4621,7 +4623,7 @@ def plot_inspection(ev: Evaluation, index: int, version: int | None = None,
         shown = _attempt_panels(r)
         panels = [(pair.input, "input"), (pair.output, "target"), *shown]
     else:
-        aug, back = ev.versions[r["task_id"]][version], r["candidates"][version]
+        aug, back = ev.versions[index][version], r["candidates"][version]
         name = f"version {aug.name}"
         shown = [(back, "mapped back")]
         target = aug.apply(pair.output) if pair.output is not None else None
@@ -4694,10 +4696,11 @@ def measure_speed(run_batch, batch_sizes: Sequence[int], device: str, repeats: i
 
 def speed_batches(kind: str, device: str) -> tuple[int, ...]:
     """Batch sizes a speed measurement tries, batch 1 first: wide on a GPU, where large batches
-    pay off; short on the CPU. kind: grid | features | teacher."""
+    pay off; short on the CPU. kind: grid | features | teacher | sequence."""
     if not device.startswith("cuda"):
         return (1, 4)
-    return {"grid": (1, 64, 256, 1024), "features": (1, 16, 64), "teacher": (1, 16)}[kind]
+    return {"grid": (1, 64, 256, 1024), "features": (1, 16, 64), "teacher": (1, 16),
+            "sequence": (1, 64, 512, 2048)}[kind]
 
 
 def speed_profile(run_batch, make_inputs, batch_sizes: Sequence[int], device: str,
@@ -4746,6 +4749,20 @@ def student_speed(model: torch.nn.Module, device: str, side: int = MAX_GRID, n_t
     return row
 
 
+def decoding_speed(model: SequenceStudent, prompts: Sequence[TokenSequence], device: str,
+                   batch_sizes: Sequence[int] | None = None) -> dict[str, Any]:
+    """The sequence student writing whole answers (greedy_decode, as it is scored): ms per test
+    input at batch 1 (the prompt of median length), test inputs/s at the best batch (the
+    prompts in turn, repeated to fill it), peak memory; float32 weights under bf16 autocast on
+    CUDA, float32 on the CPU. Its time depends on how long the answers it writes are."""
+    model = model.to(device).eval()
+    median = sorted(prompts, key=lambda p: len(p.tokens))[len(prompts) // 2]
+    turn = [median] + [p for p in prompts if p is not median]
+    timing = dict(repeats=3, warmup=1) if device.startswith("cuda") else dict(repeats=1, warmup=1)
+    return speed_profile(lambda batch: greedy_decode(model, batch), lambda b: ([turn[i % len(turn)] for i in range(b)],),
+                         batch_sizes or speed_batches("sequence", device), device, **timing)
+
+
 def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -4756,8 +4773,8 @@ def _release(device: str) -> None:
 
 
 def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
-    """The trained grid student (on the median canvas of the evaluation tasks and on 30x30), the
-    run's teacher, and a features student (the original plan's; its weights do not change its
+    """The trained student (the grid student on the median canvas of the evaluation tasks and on
+    30x30; the sequence student writing the evaluation tasks' answers), the run's teacher, and a features student (the original plan's; its weights do not change its
     speed) in this process on one device: ms per example at batch 1, examples/s at the best
     batch, peak memory, parameters. Bf16 on CUDA, fp32 on the CPU.
 
@@ -4766,17 +4783,26 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
     device = resolve_device(device)
     cuda = device.startswith("cuda")
     timing = dict(repeats=5, warmup=3) if cuda else dict(repeats=2, warmup=1)
-    grid = student_from_checkpoint(ev.loaded, device)
-    tasks = sorted({e.task_id for e in ev.split.test})
-    sides = sorted(canvas_side(ev.split.tasks[t], grid.cfg.canvas_bucket) for t in tasks)
+    student = student_from_checkpoint(ev.loaded, device)
     rows = []
-    for side in dict.fromkeys((sides[len(sides) // 2], MAX_GRID)):
-        s = student_speed(grid, device, side)   # on CUDA also compiled, as it would be served
-        name = f"grid student ({side}x{side} canvas)"
-        rows.append({"model": name, "parameters": _n_params(grid), **{k: v for k, v in s.items() if k != "compiled"}})
-        if "compiled" in s:
-            rows.append({"model": f"{name}, compiled", "parameters": _n_params(grid), **s["compiled"]})
-    del grid
+    if isinstance(student, SequenceStudent):
+        task = task_rows(ev.split.tasks)
+        prompts = [pair_sequence(ev.split.pair(e), task=task[e.task_id], prompt=True) for e in ev.split.test]
+        rows.append({"model": "sequence student (whole answers written, greedy)", "parameters": _n_params(student),
+                     **decoding_speed(student, prompts, device)})
+    else:
+        tasks = sorted({e.task_id for e in ev.split.test})
+        sides = sorted(canvas_side(ev.split.tasks[t], student.cfg.canvas_bucket) for t in tasks)
+        for side in dict.fromkeys((sides[len(sides) // 2], MAX_GRID)):
+            s = student_speed(student, device, side)   # on CUDA also compiled, as it would be served
+            name = f"grid student ({side}x{side} canvas)"
+            rows.append({"model": name, "parameters": _n_params(student), **{k: v for k, v in s.items() if k != "compiled"}})
+            if "compiled" in s:
+                rows.append({"model": f"{name}, compiled", "parameters": _n_params(student), **s["compiled"]})
+    # The ratios take the student as served: the grid student compiled on CUDA (on its median
+    # canvas), eager on the CPU; the sequence student as it decodes.
+    student_row = rows[1] if cuda and len(rows) > 1 else rows[0]
+    del student
     _release(device)
     tcfg = ev.config["teacher"]
     if tcfg.teacher == "groot":
@@ -4804,8 +4830,6 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
                  "peak_mib_best_batch": peak("peak_mib_best_batch")})
     del teacher, feat
     _release(device)
-    # The ratios take the student on the median canvas as served: compiled on CUDA, eager on the CPU.
-    student_row = rows[1] if cuda else rows[0]
     return {"device": device, "rows": rows, "teacher": label, "ratios": speed_ratios(student_row, teacher_row)}
 
 
@@ -5028,6 +5052,7 @@ def evaluation_metrics(ev: Evaluation, pairs: list[dict[str, Any]], speed: dict[
     every evaluation test pair and task, predicted (predictions.json); split.scored_pairs /
     scored_tasks: those with known answers, which the scores are over (scores.grids / tasks)."""
     return {"checkpoint": ev.checkpoint, "step": ev.step, "teacher": ev.teacher, "device": ev.device,
+            "student": ev.config["student"].student,
             "split": {"name": ev.split.name, "eval_set": ev.config["data"].eval_set,
                       "test_pairs": ev.scores["predicted_grids"], "tasks": ev.scores["predicted_tasks"],
                       "scored_pairs": ev.scores["grids"], "scored_tasks": ev.scores["tasks"],
@@ -5035,6 +5060,17 @@ def evaluation_metrics(ev: Evaluation, pairs: list[dict[str, Any]], speed: dict[
             "scores": ev.scores, "copy_baseline": ev.baseline, "scoring_seconds": ev.seconds,
             "by_size": accuracy_by_size(pairs), "speed": speed, "alignment": alignment,
             "attention": attention, "pairs": pairs}
+
+
+def _how_predicted(student: str, versions: int) -> str:
+    """The report's sentence on how a student's attempts were made."""
+    if student == "sequence":
+        return (f"The sequence student writes each test input's answer greedily, token by token, in every "
+                f"version of its pool (up to {versions}: dihedral x colour permutation, no two with the same "
+                "input); a written output that is no grid, or equals its version's input, counts as none; "
+                "the others are mapped back with their exact inverses.")
+    return (f"Each pair is predicted in all {versions} augmented versions of its task, each prediction is "
+            "cropped at the outside-grid class and mapped back with its exact inverse.")
 
 
 def evaluation_report(metrics: dict[str, Any], scores: list[dict[str, Any]],
@@ -5059,11 +5095,10 @@ def evaluation_report(metrics: dict[str, Any], scores: list[dict[str, Any]],
         f"Checkpoint `{m['checkpoint']}` (step {m['step']}), trained against teacher: {m['teacher']}.",
         f"Evaluated on the {split['test_pairs']} test pairs of {split['eval_set']} ({split['tasks']} tasks; "
         f"split `{split['name']}`: never trained on): {scoring_note(m['scores'])}; every one is predicted "
-        f"(`predictions.json`). Each pair is predicted in all {split['versions']} "
-        "augmented versions of its task, each prediction is cropped at the outside-grid class and mapped "
-        "back with its exact inverse, and the grids are voted: pass@1 takes the most frequent, pass@2 "
-        "the two most frequent. A task counts as solved only when all its test inputs are right; pixel "
-        "accuracy counts every target cell wrong when the size is wrong.", "",
+        f"(`predictions.json`). {_how_predicted(m['student'], split['versions'])} The grids are voted: "
+        "pass@1 takes the most frequent, pass@2 the two most frequent. A task counts as solved only when "
+        "all its test inputs are right; pixel accuracy counts every target cell wrong when the size is "
+        "wrong.", "",
         f"Device {m['device']}; scoring took {m['scoring_seconds']:.1f} s (data, predictions, voting). "
         "Predictions: `predictions.json` (ARC Prize submission format). Every figure: `figures/06_*.png`.",
         "", "## Scores", "", markdown_table(scores), "",
@@ -5972,9 +6007,15 @@ def inspector(ev: Evaluation):
     def pick_task(_=None):
         choosing["task"] = True
         pair.options = [(f"test {ev.records[i]['index']}", i) for i in by_task[task.value]]
+        pick_pair()
+
+    def pick_pair(_=None):   # each test pair has its own versions (the sequence student's pools)
+        if pair.value is None:   # between a task's options being replaced and one chosen
+            return
+        choosing["task"] = True
         version.options = [("voted, mapped back", -1)] + [
-            (aug.name, v) for v, aug in enumerate(ev.versions[task.value])]
-        pair.index, version.index = 0, 0
+            (aug.name, v) for v, aug in enumerate(ev.versions[pair.value])]
+        version.index = 0
         choosing["task"] = False
         draw()
 
@@ -5989,7 +6030,8 @@ def inspector(ev: Evaluation):
         image.value = buffer.getvalue()
 
     task.observe(pick_task, "value")
-    for control in (pair, version, difference, frames):
+    pair.observe(pick_pair, "value")
+    for control in (version, difference, frames):
         control.observe(draw, "value")
     pick_task()
     return widgets.VBox([widgets.HBox([task, pair, version]), widgets.HBox([difference, frames]), image])
