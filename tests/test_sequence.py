@@ -308,3 +308,23 @@ def test_a_pair_sequence_carries_its_versions_dihedral():
     assert (seq.task, seq.dihedral) == (4, 1)
     np.testing.assert_array_equal(sc.tokens_to_grid(seq.tokens[seq.mask]), aug.apply(pair.output))
     assert not sc.pair_sequence(pair, aug, prompt=True).mask.any()
+
+
+def test_a_compiled_block_never_recompiles_for_new_lengths_or_attention_closures():
+    """Each call brings a new `attend` closure and a new number of tokens: compiled whole, the
+    block would recompile every time (and after torch's limit fall back to eager)."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    m = model()
+    block = m.blocks[0]
+    block.compile(backend="eager")
+    rng = np.random.default_rng(0)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for h, w in [(2, 3), (4, 5), (1, 7), (3, 3)]:
+            batch = sc.pack_sequences([sc.tokenize_pair(grid(rng, h, w), grid(rng, w, h))])
+            x = m.embed(batch.tokens, batch.task, batch.dihedral)
+            cos, sin = m.rotary(batch.positions)
+            seen = []
+            out = block(x, cos, sin, lambda q, k, v: seen.append(len(q)) or sc.packed_attention(q, k, v, batch))
+            assert out.shape == x.shape and seen == [len(x)]
+    torch._dynamo.reset()
