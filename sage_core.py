@@ -85,8 +85,8 @@ __all__ = [
     "Rotary3D", "apply_rotary", "PackedBatch", "pack_sequences", "sequence_loss",
     "packed_attention", "DecoderBlock", "SequenceOutput", "SequenceStudent", "DecodeCache",
     "Decoded", "writing_stops", "decode_batches", "decode_cache_tokens", "greedy_decode",
-    "greedy_decode_uncached", "build_student", "parameter_table", "student_inputs", "inference_fn",
-    "plot_data_flow", "SEED_PARAMETERS",
+    "greedy_decode_uncached", "build_student", "parameter_table", "student_inputs",
+    "input_description", "inference_fn", "plot_data_flow", "SEED_PARAMETERS",
     # 8. Losses
     "LossConfig", "DistillLoss", "loss_checks", "loss_sweep", "plot_loss_sweep",
     # 9. Training
@@ -241,7 +241,7 @@ class ConfigBase:
 class RunConfig(ConfigBase):
     """What every notebook takes: where to write, which profile, device, and the shared knobs."""
     run_dir: str = "runs/manual"     # this run's folder
-    profile: str = choice("default", "smoke", "cpu", "full")   # auto (default on a GPU, cpu without) | smoke | cpu | default | full
+    profile: str = choice("default", "smoke", "cpu", "full", "full_grid")   # auto (default on a GPU, cpu without) | smoke | cpu | default | full | full_grid
     device: str = choice("auto", "cpu", "cuda", "cuda:N", pattern=r"auto|cpu|cuda(:\d+)?")   # auto | cpu | cuda | cuda:N
     batch_size: int = 64             # examples per step, all processes together (training, teacher, evaluation)
     gpus: int = 1                    # processes on this host for training and the store build (torchrun)
@@ -2583,13 +2583,23 @@ def student_inputs(model: torch.nn.Module, batch: int, device: str, side: int = 
                    n_tokens: int = 0, generator: torch.Generator | None = None,
                    dtype: torch.dtype = torch.float32) -> tuple:
     """Random inputs of the right form for a student: (cells, task ids) for the grid student
-    on a side x side canvas, (tokens in `dtype`, mask) of n_tokens for the features student."""
+    on a side x side canvas, (tokens in `dtype`, mask) of n_tokens for the features student,
+    (a PackedBatch,) of `batch` side x side pairs for the sequence student."""
+    if isinstance(model, SequenceStudent):
+        cells = torch.randint(0, 10, (batch, 2, side, side), generator=generator).numpy()
+        return (pack_sequences([tokenize_pair(i, o) for i, o in cells], device),)
     if isinstance(model, GridStudent):
         cells = torch.randint(0, NUM_CLASSES, (batch, side, side), generator=generator).to(device)
         return cells, torch.zeros(batch, dtype=torch.long, device=device)
     dim = model.project.in_features
     tokens = torch.randn(batch, n_tokens, dim, generator=generator).to(device, dtype)
     return tokens, torch.ones(batch, n_tokens, dtype=torch.bool, device=device)
+
+
+def input_description(inputs: tuple) -> str:
+    """A student's inputs for a table: tensor shapes, or a packed batch's sequences and tokens."""
+    return " ".join(f"{x.n_sequences} sequences packed in {len(x.tokens)} tokens" if isinstance(x, PackedBatch)
+                    else str(tuple(x.shape)) for x in inputs)
 
 
 def inference_fn(model: torch.nn.Module, device: str):
@@ -2601,17 +2611,23 @@ def inference_fn(model: torch.nn.Module, device: str):
 
 
 def plot_data_flow():
-    """Boxes-and-arrows drawing of both students and where the loss attaches. -> Figure"""
+    """Boxes-and-arrows drawing of the three students and where the loss attaches. -> Figure"""
     import matplotlib.pyplot as plt
+    pooled = "pooled hidden -> projection P -> MSE + 0.5(1 - cos) vs teacher's pooled features"
     rows = {
-        "grid student (default)": ["query grid\non its canvas\n(s x s cells)", "colour + row + col\nembeddings\n+ task tokens",
-                                   "encoder x K\n(SDPA, RMSNorm,\nSwiGLU)", "per-cell head", "30x30x11 logits\n(10 = outside)"],
-        "features student (seed)": ["teacher tokens\n(N x 2048)", "projection\n2048 -> 512\n+ positions",
-                                    "encoder\n(same blocks)", "masked mean pool\n-> 3-layer decoder", "30x30x11 logits"],
+        "grid student (default)": (["query grid\non its canvas\n(s x s cells)", "colour + row + col\nembeddings\n+ task tokens",
+                                    "encoder x K\n(SDPA, RMSNorm,\nSwiGLU)", "per-cell head", "30x30x11 logits\n(10 = outside)"], pooled),
+        "features student (seed)": (["teacher tokens\n(N x 2048)", "projection\n2048 -> 512\n+ positions",
+                                     "encoder\n(same blocks)", "masked mean pool\n-> 3-layer decoder", "30x30x11 logits"], pooled),
+        "sequence student (writes its answer)": (
+            ["one pair as tokens:\nstart, input rows,\nseparator, output rows", "token + task +\ndihedral vectors;\n3-D rotary positions",
+             "decoder x K (causal\nper packed sequence,\nRMSNorm, SwiGLU)", "next-token head\n(14 tokens)",
+             "answer written\ntoken by token\n(KV cache, greedy)"],
+            "loss on the output tokens only; teacher terms not wired for this student yet"),
     }
-    fig, ax = plt.subplots(figsize=(11, 4.2))
-    for r, (title, boxes) in enumerate(rows.items()):
-        y = 2.6 - 2.0 * r
+    fig, ax = plt.subplots(figsize=(11, 6.2))
+    for r, (title, (boxes, note)) in enumerate(rows.items()):
+        y = 4.6 - 2.0 * r
         ax.text(-0.2, y + 0.75, title, fontsize=9, weight="bold")
         for i, label in enumerate(boxes):
             x = 2.2 * i
@@ -2619,13 +2635,12 @@ def plot_data_flow():
             ax.text(x + 0.9, y, label, ha="center", va="center", fontsize=7)
             if i:
                 ax.annotate("", (x, y), (x - 0.4, y), arrowprops=dict(arrowstyle="->"))
-        ax.annotate("pooled hidden -> projection P -> MSE + 0.5(1 - cos) vs teacher's pooled features",
-                    (5.3, y - 0.45), (5.3, y - 0.85), fontsize=7, color="#B10DC9", ha="center",
+        ax.annotate(note, (5.3, y - 0.45), (5.3, y - 0.85), fontsize=7, color="#B10DC9", ha="center",
                     arrowprops=dict(arrowstyle="<-", color="#B10DC9"))
     ax.set_xlim(-0.3, 11)
-    ax.set_ylim(-0.6, 3.6)
+    ax.set_ylim(-0.6, 5.6)
     ax.axis("off")
-    ax.set_title("SAGE students: data flow and where the distillation loss attaches", fontsize=9)
+    ax.set_title("SAGE students: data flow and where the losses attach", fontsize=9)
     return fig
 
 
@@ -4749,8 +4764,8 @@ def compiled_speed(model: torch.nn.Module, make_inputs, batch: int, device: str,
 
 def student_speed(model: torch.nn.Module, device: str, side: int = MAX_GRID, n_tokens: int = 0,
                   batch_sizes: Sequence[int] | None = None, compiled: bool = True) -> dict[str, Any]:
-    """A student's inference speed on random inputs of its form (a side x side canvas, or
-    n_tokens teacher tokens), bf16 on CUDA and fp32 on the CPU: speed_profile's figures over
+    """A student's inference speed on random inputs of its form (a side x side canvas, n_tokens
+    teacher tokens, or side x side pairs read in one teacher-forced pass), bf16 on CUDA and fp32 on the CPU: speed_profile's figures over
     `batch_sizes` (batch 1 first; default speed_batches), and on CUDA with compiled=True also as
     it would be served (compiled_speed) under 'compiled'. The one timing path for students."""
     cuda = device.startswith("cuda")
@@ -4758,7 +4773,7 @@ def student_speed(model: torch.nn.Module, device: str, side: int = MAX_GRID, n_t
     model = model.to(device, dtype).eval()
     timing = dict(repeats=5, warmup=3) if cuda else dict(repeats=2, warmup=1)
     make = lambda b: student_inputs(model, b, device, side, n_tokens, dtype=dtype)  # noqa: E731
-    kind = "grid" if isinstance(model, GridStudent) else "features"
+    kind = "grid" if isinstance(model, GridStudent) else "sequence" if isinstance(model, SequenceStudent) else "features"
     row = speed_profile(model, make, batch_sizes or speed_batches(kind, device), device, **timing)
     if cuda and compiled:
         row["compiled"] = compiled_speed(model, make, row["best_batch"], device, **timing)
@@ -5158,11 +5173,18 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"width": 64, "depth": 2, "heads": 4, "decoder_hidden": 256, "augmentations": 2,
             "batch_size": 16, "epochs": 3, "seconds_budget": 300.0},
     "default": {},
-    # The headline run on one H200: 32 versions per task, batch 256 (MFU 43%), no teacher term,
-    # the cosine schedule fitted to a 9-minute budget (README "Results" has what it scored). For
-    # longer than one run, schedule_seconds spans resumed pieces of seconds_budget each.
-    "full": {"augmentations": 32, "batch_size": 256, "epochs": 1000, "seconds_budget": 540.0, "schedule": "budget",
-             "patience": 1000, "log_every": 200, "w_feat": 0.0},
+    # The headline run on one H200: the sequence student (8 x 768, 76M parameters), up to 80
+    # versions per pair, batches of about 32 sequences, Muon + warm-up / flat / linear decay
+    # fitted to 320 of a 345-s budget, no teacher term (README "The sequence student": 7.5%
+    # pass@2). For longer than one run, schedule_seconds spans resumed pieces of seconds_budget.
+    "full": {"student": "sequence", "width": 768, "depth": 8, "heads": 12, "augmentations": 80, "batch_size": 32,
+             "optimizer": "muon", "decay": "wsd", "task_lr_scale": 1.0, "epochs": 1000, "seconds_budget": 345.0,
+             "schedule_seconds": 320.0, "schedule": "budget", "checkpoint_every": 1000, "patience": 1000000,
+             "log_every": 100, "w_feat": 0.0},
+    # The grid student's headline set-up, the baseline row (called `full` until 2026-12-02): 32
+    # versions per task, batch 256 (MFU 43%), the cosine schedule fitted to a 9-minute budget.
+    "full_grid": {"augmentations": 32, "batch_size": 256, "epochs": 1000, "seconds_budget": 540.0, "schedule": "budget",
+                  "patience": 1000, "log_every": 200, "w_feat": 0.0},
 }
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The distillation study (README "Results"): every row trains the same student on the same data
-# (profile full) for the same wall-clock budget; only its teacher term differs.
+# (profile full_grid) for the same wall-clock budget; only its teacher term differs.
 #   scripts/study.sh STAGE [ROOT]        ROOT: the study's folder (default runs/study)
 # Stages, in an order that respects what each needs:
 #   teacher        a seed-size SAGE (width 512, depth 6) trained for TEACHER_BUDGET seconds
@@ -17,11 +17,11 @@ set -euo pipefail
 stage=$1
 root=${2:-runs/study}
 py=${PYTHON:-python3}
-profile=${PROFILE:-full}
+profile=${PROFILE:-full_grid}
 device=${DEVICE:-cuda}
 preset=${PRESET:-full}
 teacher=$root/teacher/checkpoints/best.pt
-budget="seconds_budget=${BUDGET:-110}"   # the full profile fits its schedule to the budget
+budget="seconds_budget=${BUDGET:-110}"   # the full_grid profile fits its schedule to the budget
 student="width=192 depth=4 heads=6"   # a tenth of the teacher's encoder
 train() { $py -m sage_core train --profile "$profile" --run-dir "$root/$1" --evaluate --set device="$device" "${@:2}"; }
 case $stage in

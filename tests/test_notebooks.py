@@ -183,8 +183,13 @@ def test_smoke_dataset_build_step(smoke_run):
 
 def test_smoke_architecture_and_loss_steps(smoke_run):
     arch = read_step(smoke_run, "03_architecture")
-    assert {"grid", "features"} == set(arch["parameters"])
-    assert all(r["logits"] == "(2, 30, 30, 11)" for r in arch["shapes"])
+    assert {"grid", "features", "sequence"} == set(arch["parameters"])
+    shapes = {r["student"]: r for r in arch["shapes"]}
+    assert shapes["grid"]["logits"] == shapes["features"]["logits"] == "(2, 30, 30, 11)"
+    # two 15x15 pairs: each 1 + 15 x 16 + 1 + 15 x 16 + 1 tokens, 14 logits per token
+    assert shapes["sequence"]["inputs"] == "2 sequences packed in 966 tokens"
+    assert shapes["sequence"]["logits"] == "(966, 14)" and shapes["sequence"]["pooled"].startswith("(2, ")
+    assert {r["input"] for r in arch["speed"] if r["student"] == "sequence"} == {"30x30 pairs", "15x15 pairs"}
     loss = read_step(smoke_run, "04_loss_tests")
     assert loss["all_pass"] and len(loss["checks"]) >= 8
 
