@@ -123,8 +123,9 @@ __all__ = [
     "store_path", "training_store", "open_run", "FIGURES_DIR", "publish_figures",
     # 12. Pipeline runner and CLI
     "NOTEBOOK_DIR", "list_notebooks", "run_pipeline", "torchrun", "sweep", "extract_features",
-    "bench_data", "bench_teacher", "bench_students", "bench_train", "bench_seed_config",
-    "BENCHMARKS", "run_bench", "command_parser", "score_run", "COMMANDS", "main",
+    "bench_data", "bench_teacher", "bench_students", "bench_train", "bench_sequence_train",
+    "bench_seed_config", "BENCHMARKS", "run_bench", "command_parser", "score_run", "COMMANDS",
+    "main",
     # 13. Notebook widgets
     "inspector",
 ]
@@ -5743,6 +5744,20 @@ def bench_train(device: str = "auto") -> dict[str, Any]:
             "examples_per_s": rate, "mfu": mfu, "data_share_of_step": data_seconds / (sum(len(b) for b in batches) / rate)}
 
 
+def bench_sequence_train(device: str = "auto") -> dict[str, Any]:
+    """Training throughput of the sequence student on the ARC-AGI-1 protocol split: the `full`
+    profile's model and batches on CUDA (compiled), a small one on the CPU."""
+    device = resolve_device(device)
+    cuda = device.startswith("cuda")
+    overrides = dict(device=device, seconds_budget=0.0, schedule="epochs", epochs=100,
+                     max_steps=300 if cuda else 10, log_every=50 if cuda else 5)
+    small = {} if cuda else dict(width=64, depth=2, heads=4, augmentations=2)
+    cfg = build_config("full", **overrides, **small)
+    result, rate, mfu = _training_rate(cfg, config_split(cfg["data"], cfg["run"].seed))
+    return {"parameters": result["parameters"], "sequences_per_step": cfg["run"].batch_size,
+            "sequences_per_s": rate, "mfu": mfu}
+
+
 class _RandomTokenStore:
     """Stands in for a feature store of full-size teacher tokens in the seed-configuration
     benchmark (random values: only their shapes matter for timing)."""
@@ -5779,7 +5794,7 @@ def bench_seed_config(device: str = "auto") -> dict[str, Any]:
 
 
 BENCHMARKS = {"data": bench_data, "teacher": bench_teacher, "students": bench_students,
-              "train": bench_train, "seed_config": bench_seed_config}
+              "train": bench_train, "sequence_train": bench_sequence_train, "seed_config": bench_seed_config}
 
 
 def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -6040,15 +6055,17 @@ def inspector(ev: Evaluation):
     difference = widgets.ToggleButton(description="difference")
     frames = widgets.ToggleButton(description="teacher frames")
     image = widgets.Image(format="png")
-    choosing = {"task": False}   # a new task resets pair and version: draw once, after both
+    choosing = {"task": False}   # a new task (or pair) resets what follows it: draw once, after all
 
     def pick_task(_=None):
         choosing["task"] = True
         pair.options = [(f"test {ev.records[i]['index']}", i) for i in by_task[task.value]]
+        pair.index = 0
+        choosing["task"] = False
         pick_pair()
 
     def pick_pair(_=None):   # each test pair has its own versions (the sequence student's pools)
-        if pair.value is None:   # between a task's options being replaced and one chosen
+        if choosing["task"]:
             return
         choosing["task"] = True
         version.options = [("voted, mapped back", -1)] + [

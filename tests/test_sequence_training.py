@@ -149,3 +149,29 @@ def test_scoring_never_reads_the_evaluation_answers(split, tmp_path):
     assert sc.submission(blind_records) == sc.submission(records)
     assert scores["grids"] == len(split.test) and blind_scores["grids"] == 0
     assert [r["votes"] for r in blind_records] == [r["votes"] for r in records]
+
+
+def test_the_evaluation_report_views_take_the_sequence_student(split, tmp_path):
+    sc.train(config(max_steps=4), split, tmp_path, progress=False)
+    ev = sc.evaluate_run(tmp_path / "checkpoints" / "best.pt", tmp_path / "feature_store", "cpu")
+    assert len(ev.versions) == len(ev.records) and all(len(v) == len(r["candidates"])
+                                                       for v, r in zip(ev.versions, ev.records))
+    assert sc.score_table(ev)[0]["predictor"] == "SAGE sequence student, voted over up to 3 versions"
+    box = sc.inspector(ev)
+    (_, pair, version), image = box.children[0].children, box.children[2]
+    assert bytes(image.value).startswith(b"\x89PNG")
+    assert [v for _, v in version.options] == [-1, *range(len(ev.versions[pair.value]))]   # this pair's pool
+    version.value = 1                                       # a version's own written grid is drawn
+    import matplotlib.pyplot as plt
+    fig = sc.plot_inspection(ev, pair.value, 1)
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["input (this version)", "target (this version)",
+                                                       "prediction (this version)"]
+    plt.close(fig)
+    speed = sc.speed_comparison(ev, "cpu")
+    row = speed["rows"][0]
+    assert row["model"] == "sequence student (whole answers written, greedy)" and row["ms_batch1"] > 0
+    assert row["parameters"] == sum(p.numel() for p in sc.student_from_checkpoint(ev.loaded, "cpu").parameters())
+    pairs = sc.pair_scores(ev.records, ev.split)
+    metrics = sc.evaluation_metrics(ev, pairs, speed, {"computed": False, "reason": "-"}, {"computed": False, "reason": "-"})
+    report = sc.evaluation_report(metrics, sc.score_table(ev), {})
+    assert "The sequence student writes each test input's answer greedily" in report
