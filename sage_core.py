@@ -108,15 +108,15 @@ __all__ = [
     # 10. Evaluation and scoring
     "score_predictions", "answered_tasks", "scoring_note", "copy_baseline", "vote",
     "voted_predictions", "CANDIDATE_RANKINGS", "voted_decodings", "score_voted", "submission",
-    "evaluate_checkpoint", "score_checkpoint", "decode_versions", "decode_and_vote", "Evaluation",
-    "training_teacher", "evaluate_run", "score_table", "pair_scores", "SIZE_BINS",
-    "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
-    "plot_accuracy_by_size", "plot_inspection", "SEED_TARGETS", "measure_speed", "speed_batches",
-    "speed_profile", "compiled_speed", "student_speed", "decoding_speed", "speed_comparison",
-    "speed_table", "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment",
-    "block_attention", "attention_rollout", "cell_attention_maps", "map_correlations",
-    "ATTENTION_UNAVAILABLE", "attention_similarity", "plot_attention_similarity",
-    "evaluation_label", "evaluation_metrics", "evaluation_report", "write_evaluation",
+    "evaluate_checkpoint", "score_checkpoint", "decode_versions", "Evaluation", "training_teacher",
+    "evaluate_run", "score_table", "pair_scores", "SIZE_BINS", "accuracy_by_size",
+    "difference_grid", "gallery_pairs", "plot_prediction_gallery", "plot_accuracy_by_size",
+    "plot_inspection", "SEED_TARGETS", "measure_speed", "speed_batches", "speed_profile",
+    "compiled_speed", "student_speed", "decoding_speed", "speed_comparison", "speed_table",
+    "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment", "block_attention",
+    "attention_rollout", "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE",
+    "attention_similarity", "plot_attention_similarity", "evaluation_label", "evaluation_metrics",
+    "evaluation_report", "write_evaluation",
     # 11. Configuration and runs
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
     "parameters_source", "config_params", "environment_record", "Run", "results_table",
@@ -3318,8 +3318,7 @@ def make_optimizer(model: torch.nn.Module, loss: torch.nn.Module, cfg: TrainConf
                                     fused=fused or None)]
     if matrices:
         optimizers.append(StackedMuon([{"params": matrices, "lr_scale": cfg.muon_lr / cfg.lr}],
-                                           lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
-                                           adjust_lr_fn="match_rms_adamw"))
+                                      lr=cfg.muon_lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
     if cfg.task_optimizer == "signsgd" and task:
         optimizers.append(SignSGD([task_group], lr=cfg.lr, weight_decay=0.1))
     return OptimizerSet(*optimizers)
@@ -4431,13 +4430,6 @@ def decode_versions(ck: dict[str, Any], split: Split, part: str, device: str, na
     decoded = greedy_decode(model, [pools.sequence(r) for r in range(len(pools.pair))], progress=progress)
     by_pair = [decoded[int(pools.start[p]):int(pools.start[p + 1])] for p in range(len(pools.examples))]
     return pools, by_pair, time.perf_counter() - started
-
-
-def decode_and_vote(ck: dict[str, Any], split: Split, part: str, device: str, name: str = "the checkpoint",
-                    rank_by: str = "votes") -> list[dict[str, Any]]:
-    """decode_versions, then the written grids mapped back and voted (voted_decodings)."""
-    pools, decoded, _ = decode_versions(ck, split, part, device, name)
-    return voted_decodings(split, pools.examples, pools.versions, decoded, rank_by)
 
 
 # --- 10b. A trained run on its held-out pairs: its scores, per pair and by size ---
