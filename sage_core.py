@@ -99,12 +99,12 @@ __all__ = [
     "checkpoint_config", "save_checkpoint", "load_checkpoint", "student_weights",
     "student_from_checkpoint", "grid_scores", "predict_rows", "validate", "validate_sequences",
     "example_tokens", "flops_per_example", "peak_flops", "TrainingDiverged", "TrainingStep",
-    "SequenceStep", "TrainingData", "training_data", "sequence_training_data", "training_model",
-    "resume_training", "TrainingLog", "training_batches", "TrainingRun", "setup_training",
-    "StepResult", "sequence_flops", "train_step", "step_accuracy", "log_step", "fit_schedule",
-    "stop_reason", "validate_run", "save_training", "end_of_epoch", "finish_training", "train",
-    "read_metrics", "plot_learning_curves", "SageTeacher", "TEACHERS", "teacher_options",
-    "load_teacher",
+    "SequenceStep", "TrainingData", "training_data", "sequence_training_data", "sequence_teacher",
+    "training_model", "resume_training", "TrainingLog", "training_batches", "TrainingRun",
+    "setup_training", "StepResult", "sequence_flops", "train_step", "step_accuracy", "log_step",
+    "fit_schedule", "stop_reason", "validate_run", "save_training", "end_of_epoch",
+    "finish_training", "train", "read_metrics", "plot_learning_curves", "SageTeacher", "TEACHERS",
+    "teacher_options", "load_teacher",
     # 10. Evaluation and scoring
     "score_predictions", "answered_tasks", "scoring_note", "copy_baseline", "vote",
     "voted_predictions", "CANDIDATE_RANKINGS", "voted_decodings", "score_voted", "submission",
@@ -2655,7 +2655,7 @@ def plot_data_flow():
             ["one pair as tokens:\nstart, input rows,\nseparator, output rows", "token + task +\ndihedral vectors;\n3-D rotary positions",
              "decoder x K (causal\nper packed sequence,\nRMSNorm, SwiGLU)", "next-token head\n(14 tokens)",
              "answer written\ntoken by token\n(KV cache, greedy)"],
-            "loss on the output tokens only; teacher terms not wired for this student yet"),
+            "loss on the output tokens; from a trained sequence teacher, online: its per-token distributions, pooled vector"),
     }
     fig, ax = plt.subplots(figsize=(11, 6.2))
     for r, (title, (boxes, note)) in enumerate(rows.items()):
@@ -2716,23 +2716,32 @@ class DistillLoss(torch.nn.Module):
         parts = {"task": task}
         total = c.w_task * task
         if teacher_pooled is not None and c.w_feat:
-            p = self.project(out.pooled.float())
-            t = teacher_pooled.float()
-            keep = torch.ones(len(t), dtype=torch.bool, device=t.device) if teacher_mask is None else teacher_mask
-            w = keep.float() / keep.float().sum().clamp_min(1)                 # mean over kept rows
-            mse = (((p - t) ** 2).mean(-1) * w).sum()
-            cos = ((1 - F.cosine_similarity(p, t, dim=-1)) * w).sum()
-            parts.update(feat_mse=mse, feat_cos=cos, feat=mse + 0.5 * cos)
+            parts.update(self.feature_parts(out.pooled, teacher_pooled, teacher_mask))
             total = total + c.w_feat * parts["feat"]
         if teacher_logits is not None and c.w_kd:
-            T = c.kd_temperature
-            kl = F.kl_div(F.log_softmax(out.logits.float() / T, -1),
-                          F.log_softmax(teacher_logits.float() / T, -1), log_target=True,
-                          reduction="none").sum(-1)                          # (B, 30, 30)
-            parts["kd"] = (kl * cell_mask).sum() / cell_mask.sum().clamp_min(1) * T * T
+            parts["kd"] = self.kd_part(out.logits, teacher_logits, cell_mask)
             total = total + c.w_kd * parts["kd"]
         parts["total"] = total
         return parts
+
+    def feature_parts(self, pooled: torch.Tensor, teacher_pooled: torch.Tensor,
+                      keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """MSE + 0.5 (1 - cos) between the projected pooled vectors (B, width) and the teacher's
+        (B, D), averaged over the rows `keep` allows (all by default)."""
+        p, t = self.project(pooled.float()), teacher_pooled.float()
+        keep = torch.ones(len(t), dtype=torch.bool, device=t.device) if keep is None else keep
+        w = keep.float() / keep.float().sum().clamp_min(1)
+        mse = (((p - t) ** 2).mean(-1) * w).sum()
+        cos = ((1 - F.cosine_similarity(p, t, dim=-1)) * w).sum()
+        return {"feat_mse": mse, "feat_cos": cos, "feat": mse + 0.5 * cos}
+
+    def kd_part(self, logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """T^2 x KL(teacher || student) of the distributions at temperature T, averaged over the
+        positions `mask` selects (cells of a grid, or a sequence's scored tokens)."""
+        T = self.cfg.kd_temperature
+        kl = F.kl_div(F.log_softmax(logits.float() / T, -1), F.log_softmax(teacher_logits.float() / T, -1),
+                      log_target=True, reduction="none").sum(-1)
+        return (kl * mask).sum() / mask.sum().clamp_min(1) * T * T
 
 
 def _masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -3596,12 +3605,30 @@ class TrainingStep(torch.nn.Module):
 
 class SequenceStep(TrainingStep):
     """The sequence student's step: next-token cross-entropy on the output part of every packed
-    sequence (the loss module rides along, so checkpoints keep one layout)."""
+    sequence; with a teacher (a trained sequence student, run on the same batch without
+    gradients) also the feature loss on the pooled vectors and the per-token distillation on
+    the scored tokens. The teacher is held outside the module tree: never trained, saved or
+    wrapped by DDP."""
+
+    def __init__(self, model: torch.nn.Module, loss: "DistillLoss", teacher: torch.nn.Module | None = None):
+        super().__init__(model, loss)
+        self.teacher = [teacher]
 
     def forward(self, batch: PackedBatch):
+        c = self.loss.cfg
         out = self.model(batch)
-        task = sequence_loss(out.logits, batch)
-        return out, {"task": task, "total": self.loss.cfg.w_task * task}
+        parts = {"task": sequence_loss(out.logits, batch)}
+        total = c.w_task * parts["task"]
+        if self.teacher[0] is not None:
+            with torch.no_grad():
+                taught = self.teacher[0](batch)
+            if c.w_feat:
+                parts.update(self.loss.feature_parts(out.pooled, taught.pooled))
+                total = total + c.w_feat * parts["feat"]
+            if c.w_kd:
+                parts["kd"] = self.loss.kd_part(out.logits, taught.logits, batch.loss_mask)
+                total = total + c.w_kd * parts["kd"]
+        return out, {**parts, "total": total}
 
 
 def _any_process(flag: bool, device: str) -> bool:
@@ -3633,6 +3660,7 @@ class TrainingData:
     teacher_pooled: torch.Tensor | None       # (training examples, D) float32, w_feat > 0
     teacher_logits: torch.Tensor | None       # (training rows, 30, 30, 11) fp16, w_kd > 0
     n_versions: int = 1                       # versions per task (per pair at most, sequence student)
+    teacher_model: torch.nn.Module | None = None   # the sequence student's teacher, run online
 
 
 def training_data(cfg: dict[str, Any], split: Split, store: "FeatureStore | None", device: str) -> TrainingData:
@@ -3640,7 +3668,7 @@ def training_data(cfg: dict[str, Any], split: Split, store: "FeatureStore | None
     device, with the teacher targets the configured loss needs (refused without a store)."""
     dc, sc_, lc = cfg["data"], cfg["student"], cfg["loss"]
     if sc_.student == "sequence":
-        return sequence_training_data(cfg, split)
+        return sequence_training_data(cfg, split, device)
     features = sc_.student == "features"
     # The teacher saw each pair once, in its original orientation; its tokens cannot follow an
     # augmentation, so the features student trains on the original pairs only.
@@ -3667,17 +3695,33 @@ def training_data(cfg: dict[str, Any], split: Split, store: "FeatureStore | None
                         train_bank.versions)
 
 
-def sequence_training_data(cfg: dict[str, Any], split: Split) -> TrainingData:
+def sequence_training_data(cfg: dict[str, Any], split: Split, device: str = "cpu") -> TrainingData:
     """The sequence student's data: every training pair with its pool of up to `augmentations`
     versions (an epoch takes each pair once, in one version), the validation pairs in their
-    identity version, one task-embedding row per task. Its teacher terms are not wired yet, so
-    a loss that asks for them is refused before any work."""
-    lc = cfg["loss"]
-    if lc.w_feat > 0 or lc.w_kd > 0:
-        raise ValueError("the sequence student trains without teacher terms for now: set w_feat=0 and w_kd=0")
+    identity version, one task-embedding row per task, and the teacher its loss needs
+    (sequence_teacher), checked before any work."""
     dc, seed = cfg["data"], cfg["run"].seed
+    teacher = sequence_teacher(cfg, split, device)
     return TrainingData({}, list(task_rows(split.tasks)), version_pools(split, "train", dc.augmentations, seed),
-                        version_pools(split, "val", 1, seed), None, None, dc.augmentations)
+                        version_pools(split, "val", 1, seed), None, None, dc.augmentations, teacher)
+
+
+def sequence_teacher(cfg: dict[str, Any], split: Split, device: str) -> SequenceStudent | None:
+    """The teacher of a sequence student whose loss has teacher terms (w_feat, w_kd > 0): a
+    trained sequence student (teacher=sage, teacher_path its checkpoint) on the same tasks,
+    frozen, in eval mode; None without teacher terms. Stored features of other teachers are not
+    wired for this student: refused, as is a checkpoint of another student or other tasks."""
+    lc, tc = cfg["loss"], cfg["teacher"]
+    if not (lc.w_feat or lc.w_kd):
+        return None
+    if tc.teacher != "sage" or not Path(tc.teacher_path).is_file():
+        raise ValueError("the sequence student learns from a trained sequence student, online: set teacher=sage "
+                         "and teacher_path to its checkpoint (stored features of other teachers are not wired for "
+                         f"it); got teacher={tc.teacher!r}, teacher_path={tc.teacher_path!r}")
+    ck = load_checkpoint(tc.teacher_path, device)
+    if checkpoint_config(ck)["student"].student != "sequence" or ck["meta"]["version_ids"] != list(task_rows(split.tasks)):
+        raise ValueError(f"{tc.teacher_path} is not a sequence student trained on this split's tasks")
+    return student_from_checkpoint(ck, device).eval().requires_grad_(False)
 
 
 def training_model(cfg: dict[str, Any], data: TrainingData, device: str, world: int):
@@ -3690,9 +3734,12 @@ def training_model(cfg: dict[str, Any], data: TrainingData, device: str, world: 
     else:
         model = build_student(sc_, len(data.ids))
     model = model.to(device)
-    teacher_dim = data.teacher_pooled.shape[1] if data.teacher_pooled is not None else sc_.width
+    teacher = data.teacher_model
+    teacher_dim = (data.teacher_pooled.shape[1] if data.teacher_pooled is not None
+                   else teacher.cfg.width if teacher is not None else sc_.width)
     loss = DistillLoss(cfg["loss"], sc_.width, teacher_dim).to(device)
-    loss.project.requires_grad_(data.teacher_pooled is not None)   # unused without feature targets
+    # the projection learns only where there are feature targets
+    loss.project.requires_grad_(data.teacher_pooled is not None or (teacher is not None and cfg["loss"].w_feat > 0))
     optimizer = make_optimizer(model, loss, tc)
     average = WeightAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
     if tc.compile and device.startswith("cuda"):
@@ -3700,7 +3747,7 @@ def training_model(cfg: dict[str, Any], data: TrainingData, device: str, world: 
         # (torch 2.11) on the canvas slicing, so only the blocks are compiled.
         for block in getattr(model, "encoder", model).blocks:
             block.compile()
-    step_fn = SequenceStep(model, loss) if sc_.student == "sequence" else TrainingStep(model, loss)
+    step_fn = SequenceStep(model, loss, teacher) if sc_.student == "sequence" else TrainingStep(model, loss)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
         step_fn = DistributedDataParallel(step_fn, device_ids=[device] if device.startswith("cuda") else None)
@@ -3850,7 +3897,8 @@ def setup_training(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike
         seed_everything(rc.seed + rank)
     meta = {"config": cfg, "version_ids": data.ids, "n_versions": data.n_versions, "processes": world,
             "canvas": {t: canvas_side(task, cfg["student"].canvas_bucket) for t, task in split.tasks.items()},
-            "teacher": store.manifest.get("teacher") if store else None}
+            "teacher": store.manifest.get("teacher") if store else None,
+            "teacher_checkpoint": cfg["teacher"].teacher_path if data.teacher_model is not None else None}
     epoch_total = rc.epochs * len(training_batches(cfg, data.train, 0, world))   # the schedule's length by epochs
     total = state.total_steps or epoch_total
     span = tc.schedule_seconds or tc.seconds_budget    # training seconds a budget schedule spans
@@ -4480,6 +4528,8 @@ class Evaluation:
 def training_teacher(meta: dict[str, Any], store_dir: str | os.PathLike) -> str:
     """How figures name the teacher a checkpoint was trained against: its feature store's label
     (stand-in features are never presented as GR00T's), or none when the loss had no teacher."""
+    if meta.get("teacher_checkpoint"):
+        return f"a trained SAGE sequence student, online ({meta['teacher_checkpoint']})"
     if not meta.get("teacher"):
         return "none (trained without a teacher term: w_feat = w_kd = 0)"
     try:
@@ -5425,10 +5475,10 @@ def store_path(cfg: dict[str, Any], run_dir: str | os.PathLike) -> Path:
 
 def training_store(cfg: dict[str, Any], run_dir: str | os.PathLike) -> FeatureStore | None:
     """The feature store a training run reads, checked against the configured teacher; None
-    when it needs no teacher targets (grid student with w_feat = w_kd = 0)."""
+    when it needs no stored targets (grid student with w_feat = w_kd = 0, sequence student)."""
     loss = cfg["loss"]
-    if cfg["student"].student != "features" and not (loss.w_feat or loss.w_kd):
-        return None
+    if cfg["student"].student == "sequence" or (cfg["student"].student != "features" and not (loss.w_feat or loss.w_kd)):
+        return None   # the sequence student's teacher runs online (sequence_teacher)
     return FeatureStore(store_path(cfg, run_dir)).check(cfg["teacher"].teacher)
 
 

@@ -107,10 +107,50 @@ def test_evaluation_writes_every_test_input_and_votes(split, tmp_path):
     json.dumps(entry, default=int)
 
 
-def test_teacher_terms_are_refused_before_any_work(split, tmp_path):
-    with pytest.raises(ValueError, match="without teacher terms"):
-        sc.train(config(w_feat=0.5), split, tmp_path, progress=False)
-    assert not (tmp_path / "metrics.jsonl").exists()
+def test_teacher_terms_without_a_sequence_teacher_are_refused_before_any_work(split, tmp_path):
+    with pytest.raises(ValueError, match="learns from a trained sequence student"):
+        sc.train(config(w_feat=0.5), split, tmp_path / "a", progress=False)             # the stand-in
+    grid = tmp_path / "grid"
+    sc.train(sc.build_config("smoke", device="cpu", max_tasks=3, max_steps=1, w_feat=0.0, seconds_budget=0.0),
+             split, grid, progress=False)
+    with pytest.raises(ValueError, match="not a sequence student trained on this split"):
+        sc.train(config(w_kd=0.5, teacher="sage", teacher_path=str(grid / "checkpoints" / "best.pt")),
+                 split, tmp_path / "b", progress=False)
+    assert not (tmp_path / "a" / "metrics.jsonl").exists() and not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+def test_distillation_from_a_sequence_teacher_vanishes_for_an_identical_one():
+    student = sc.build_student(config(dropout=0.0)["student"], 3)
+    rng = np.random.default_rng(3)
+    batch = sc.pack_sequences([sc.tokenize_pair(rng.integers(0, 10, (3, 4)), rng.integers(0, 10, (2, 2)), task=t)
+                               for t in range(3)])
+    loss = sc.DistillLoss(sc.LossConfig(w_feat=0.5, w_kd=1.0), 32, 32)
+    import copy
+    same = copy.deepcopy(student).eval().requires_grad_(False)
+    _, parts = sc.SequenceStep(student, loss, same)(batch)
+    assert parts["kd"].item() == pytest.approx(0.0, abs=1e-6) and parts["feat"].item() > 0
+    other = copy.deepcopy(same)
+    with torch.no_grad():
+        other.head.weight.mul_(3)
+    _, parts = sc.SequenceStep(student, loss, other)(batch)
+    assert parts["kd"].item() > 0.01
+    assert parts["total"].item() == pytest.approx(parts["task"].item() + 0.5 * parts["feat"].item() + parts["kd"].item(),
+                                                  rel=1e-5)
+    parts["total"].backward()
+    assert student.head.weight.grad.abs().sum() > 0 and loss.project.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in other.parameters())                   # the teacher never learns
+
+
+def test_a_sequence_student_trains_against_a_sequence_teacher(split, tmp_path):
+    sc.train(config(max_steps=6), split, tmp_path / "teacher", progress=False)
+    path = str(tmp_path / "teacher" / "checkpoints" / "best.pt")
+    out = sc.train(config(max_steps=4, width=16, heads=2, w_feat=0.5, w_kd=1.0, teacher="sage", teacher_path=path),
+                   split, tmp_path / "student", progress=False)
+    logged = sc.read_metrics(tmp_path / "student")["train"]
+    assert all(np.isfinite(r["kd"]) and np.isfinite(r["feat"]) and r["kd"] > 0 for r in logged)
+    ck = sc.load_checkpoint(out["checkpoint"])
+    assert ck["meta"]["teacher_checkpoint"] == path and ck["loss"]["project.weight"].shape == (32, 16)
+    assert sc.training_teacher(ck["meta"], tmp_path) == f"a trained SAGE sequence student, online ({path})"
 
 
 @pytest.mark.parametrize("adjust", ["original", "match_rms_adamw"])
