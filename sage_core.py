@@ -339,6 +339,7 @@ class DataConfig(ConfigBase):
     translate: bool = False               # training only: move each pair by a random offset in its canvas
     on_error: str = choice("raise", "skip")   # raise | skip: what a bad task file does
     extra_train: str = choice("none", "arc2")   # none | arc2: ARC-AGI-2's tasks new to the split, every pair trained on
+    train_on_val: bool = False            # protocol: train on the training tasks' test pairs too (as HRM, TRM, mdlARC); validation then measures fit
     gallery_tasks: int = 3                # tasks drawn in galleries
 
     def __post_init__(self):
@@ -667,7 +668,8 @@ def unseen_tasks(extra: ArcData, training: ArcData, evaluation: ArcData) -> ArcD
 
 
 def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
-               holdout_fraction: float = 0.1, seed: int = 0, extra: ArcData | None = None) -> Split:
+               holdout_fraction: float = 0.1, seed: int = 0, extra: ArcData | None = None,
+               train_on_val: bool = False) -> Split:
     """The split every score in SAGE uses.
 
     'protocol' (HRM/TRM, so numbers compare): train = the training tasks' demonstration pairs +
@@ -680,7 +682,9 @@ def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
     Test pairs without a known output (ARC Prize challenges) never enter train or val, which
     need answers; every test pair of the evaluation tasks is in test, answered or not (it is
     predicted; only the answered ones are scored). `extra` tasks (unseen_tasks) add every
-    answered pair of theirs to train, in either split.
+    answered pair of theirs to train, in either split. `train_on_val` (protocol) trains on the
+    validation pairs too, as HRM, TRM and mdlARC train on every pair of the training tasks;
+    validation then measures fit, not generalisation.
     """
     extra = extra or ArcData("none", {})
     clash = (set(training.tasks) | set(evaluation.tasks)) & set(extra.tasks)
@@ -697,6 +701,7 @@ def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
     if split == "protocol":
         train = [ex for t in list(training) + list(evaluation) for ex in _pairs(t, "train")]
         val = [ex for t in training for ex in _pairs(t, "test", answered=True)]
+        train += val if train_on_val else []
     elif split == "task_holdout":
         if not 0 < holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in (0, 1), not {holdout_fraction}")
@@ -724,7 +729,7 @@ def config_split(cfg: DataConfig, seed: int = 0) -> Split:
     if cfg.extra_train == "arc2":   # both of ARC-AGI-2's sets; most of its training tasks are ARC-AGI-1's
         arc2 = {**load_arc("arc2/training").tasks, **load_arc("arc2/evaluation").tasks}
         extra = unseen_tasks(ArcData("arc2", arc2), training, evaluation).subset(n)
-    return make_split(training, evaluation, cfg.split, cfg.holdout_fraction, seed, extra)
+    return make_split(training, evaluation, cfg.split, cfg.holdout_fraction, seed, extra, cfg.train_on_val)
 
 
 def dataset_stats(data: ArcData) -> dict[str, Any]:

@@ -156,3 +156,10 @@ def test_arc2_extra_tasks_share_no_id_and_no_visible_grid_with_arc1():
     assert len(split.train) - len(plain.train) == sum(len(split.tasks[t].train) + len(split.tasks[t].test) for t in extra)
     shown = {sc._grid_key(p.input) for e in plain.test for p in [plain.pair(e)]}
     assert not any(sc._grid_key(p.input) in shown for t in extra for p in split.tasks[t].train + split.tasks[t].test)
+
+
+def test_training_on_the_validation_pairs_too_leaves_the_score_pairs_alone(arc1_training, arc1_evaluation):
+    plain = sc.make_split(arc1_training, arc1_evaluation)
+    both = sc.make_split(arc1_training, arc1_evaluation, train_on_val=True)
+    assert both.train == plain.train + plain.val and both.val == plain.val and both.test == plain.test
+    assert len(both.train) == 3081                  # mdlARC's count for this data: 1,718 + 1,363 pairs
