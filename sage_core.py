@@ -119,8 +119,9 @@ __all__ = [
     "evaluation_report", "write_evaluation",
     # 11. Configuration and runs
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
-    "parameters_source", "config_params", "environment_record", "Run", "results_table",
-    "store_path", "training_store", "open_run", "FIGURES_DIR", "publish_figures",
+    "parameters_source", "config_params", "environment_record", "Run", "run_test_scores",
+    "results_table", "PEER_POINTS", "plot_budget_curve", "store_path", "training_store", "open_run",
+    "FIGURES_DIR", "publish_figures",
     # 12. Pipeline runner and CLI
     "NOTEBOOK_DIR", "list_notebooks", "run_pipeline", "torchrun", "sweep", "extract_features",
     "bench_data", "bench_teacher", "bench_students", "bench_train", "bench_sequence_train",
@@ -5449,6 +5450,15 @@ _BOOKKEEPING = {"run_dir", "device", "log_every", "publish_figures", "interactiv
                 "profile"}   # publish_figures: a field of older runs' records
 
 
+def run_test_scores(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A training run folder's scores on the evaluation test pairs: test_scores.json (`score`),
+    else train_summary.json's "test" (`train --evaluate`), else {} (not evaluated)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "test_scores.json").exists():
+        return json.loads((run_dir / "test_scores.json").read_text())
+    return json.loads((run_dir / "train_summary.json").read_text()).get("test", {})
+
+
 def results_table(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """One row per training run folder (train_config.json and train_summary.json, as `train`
     writes them): its profile and what it changed from it, its length, and its scores on the
@@ -5461,7 +5471,7 @@ def results_table(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]
         baseline = flat_config(build_config(profile))
         flat = {k: v for section in config.values() for k, v in section.items()}
         changed = {k: v for k, v in flat.items() if k not in _BOOKKEEPING and v != baseline.get(k, v)}
-        test = summary.get("test", {})
+        test = run_test_scores(run_dir)
         percent = lambda v: f"{100 * v:.2f}%" if isinstance(v, float) else "-"  # noqa: E731
         rows.append({"run": run_dir.name, "profile": profile,
                      "changes": " ".join(f"{k}={v}" for k, v in changed.items()) or "-",
@@ -5470,6 +5480,44 @@ def results_table(run_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]
                      "val exact": percent(summary["best_val_exact"]),
                      **{f"test {k}": percent(test.get(k)) for k in ("pass@1", "pass@2", "exact", "pixel")}})
     return rows
+
+
+# ARC-AGI-1 evaluation pass@2 of mdlARC (a small transformer trained from scratch, M. Vakde) in
+# its own code on one H200, measured here on 2026-12-02 and scored by our scorer: (label,
+# training minutes, pass@2). Its `low` preset on our data (+ the training tasks' test pairs).
+PEER_POINTS = (("mdlARC low preset", 338 / 60, 0.28), ("mdlARC low, + ConceptARC + ARC-2 extra", 693 / 60, 0.31))
+
+
+def plot_budget_curve(run_dirs: Sequence[str | os.PathLike], title: str = ""):
+    """ARC-AGI-1 evaluation pass@2 against training minutes: each evaluated training run folder
+    (run_test_scores) as a named point, coloured by student kind, and PEER_POINTS as labelled
+    stars. -> (Figure, its rows: run, student, minutes, pass@2)"""
+    import matplotlib.pyplot as plt
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        rows.append({"run": run_dir.name, "student": summary["student"], "minutes": summary["seconds"] / 60,
+                     "pass@2": run_test_scores(run_dir)["pass@2"]})
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for student in sorted({r["student"] for r in rows}):   # points, not lines: recipes differ between runs
+        mine = [r for r in rows if r["student"] == student]
+        ax.plot([r["minutes"] for r in mine], [100 * r["pass@2"] for r in mine], "o", label=f"SAGE {student} student")
+        for r in mine:
+            ax.annotate(r["run"], (r["minutes"], 100 * r["pass@2"]), (5, -9), textcoords="offset points", fontsize=6)
+    for label, minutes, score in PEER_POINTS:
+        ax.plot(minutes, 100 * score, "k*", markersize=10)
+        ax.annotate(label, (minutes, 100 * score), (5, 4), textcoords="offset points", fontsize=7)
+    ax.plot([0, 6], [30, 30], "--", color="grey", linewidth=1)
+    ax.annotate("target: 30% within 6 minutes", (0.2, 30.6), fontsize=7, color="grey")
+    ax.set_xlabel("training minutes, one H200")
+    ax.set_ylabel("ARC-AGI-1 evaluation pass@2 (%)")
+    ax.set_xlim(0, max([21] + [r["minutes"] + 2 for r in rows]))
+    ax.set_ylim(0, max([45] + [100 * r["pass@2"] + 5 for r in rows]))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title or "pass@2 against training time; stars: mdlARC in its own code, measured here", fontsize=9)
+    fig.tight_layout()
+    return fig, rows
 
 
 def store_path(cfg: dict[str, Any], run_dir: str | os.PathLike) -> Path:
@@ -5956,6 +6004,9 @@ def command_parser() -> argparse.ArgumentParser:
     f.add_argument("names", nargs="*", help="only figures whose file names start so (e.g. 06_gallery)")
     r = sub.add_parser("table", help="a markdown table of training run folders: changes and scores")
     r.add_argument("run_dirs", nargs="+")
+    u = sub.add_parser("curve", help="pass@2 against training minutes of evaluated run folders, beside mdlARC's")
+    u.add_argument("--out", required=True, help="the figure's file, e.g. figures/budget_curve.png")
+    u.add_argument("run_dirs", nargs="+")
     w = sub.add_parser("sweep", help="train and evaluate variants side by side, one GPU each; print the table")
     w.add_argument("--runs-root", required=True, help="one folder per variant is made under it")
     w.add_argument("--profile", default="default", choices=sorted(PROFILES))
@@ -6084,6 +6135,16 @@ def _command_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_curve(args: argparse.Namespace) -> int:
+    """pass@2 against training minutes of evaluated run folders: a figure and its table."""
+    fig, rows = plot_budget_curve(args.run_dirs)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    print(markdown_table([{**r, "minutes": f"{r['minutes']:.1f}", "pass@2": f"{100 * r['pass@2']:.2f}%"} for r in rows]))
+    print(f"written to {args.out}")
+    return 0
+
+
 def _command_bench(args: argparse.Namespace) -> int:
     """Speed figures, printed and written to benchmarks/results/."""
     unknown = set(args.names) - set(BENCHMARKS)
@@ -6095,7 +6156,7 @@ def _command_bench(args: argparse.Namespace) -> int:
 
 COMMANDS = {"pipeline": _command_pipeline, "extract": _command_extract, "train": _command_train,
             "score": _command_score, "evaluate": _command_evaluate, "publish": _command_publish, "sweep": _command_sweep,
-            "table": _command_table, "bench": _command_bench}
+            "table": _command_table, "curve": _command_curve, "bench": _command_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

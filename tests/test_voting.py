@@ -106,3 +106,20 @@ def test_a_version_that_predicts_no_grid_is_left_out_of_the_vote():
     assert record["candidates"][0].size == 0
     (record,) = sc.voted_predictions(split, "test", np.stack([outside, outside]), split.test, versions)
     assert record["votes"] == [0] and record["attempts"][0].tolist() == [[0]]
+
+
+def test_the_curve_command_plots_each_evaluated_run_by_its_training_minutes(tmp_path, capsys):
+    for name, student, seconds, where in (("a", "sequence", 330.0, "score"), ("b", "grid", 290.0, "train")):
+        run = tmp_path / name
+        run.mkdir()
+        summary = {"student": student, "seconds": seconds}
+        if where == "train":                                 # `train --evaluate` keeps it in the summary
+            summary["test"] = {"pass@2": 0.0125}
+        else:                                                # `score` writes its own file
+            (run / "test_scores.json").write_text(json.dumps({"pass@2": 0.075}))
+        (run / "train_summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "figures" / "curve.png"
+    assert sc.main(["curve", "--out", str(out), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+    printed = capsys.readouterr().out
+    assert "| a | sequence | 5.5 | 7.50% |" in printed and "| b | grid | 4.8 | 1.25% |" in printed
