@@ -664,8 +664,7 @@ def unseen_tasks(extra: ArcData, training: ArcData, evaluation: ArcData) -> ArcD
     seen = {_grid_key(g) for g in shown}
     return ArcData(f"{extra.name}, new to the split", {
         tid: t for tid, t in extra.tasks.items()
-        if tid not in ids and not any(_grid_key(p.input) in seen or (p.output is not None and _grid_key(p.output) in seen)
-                                      for p in t.train + t.test)})
+        if tid not in ids and not any(_grid_key(g) in seen for g in t.grids())})
 
 
 def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
@@ -2050,6 +2049,16 @@ def pair_sequence(pair: Pair, aug: Augmentation = Augmentation(), task: int = 0,
     return tokenize_pair(aug.apply(pair.input), output, task, aug.k)
 
 
+def _row_places(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each written output token: the cells before it in its row, and the rows closed before
+    it (row ends), unclamped. -> (col, row) int64 arrays"""
+    index = np.arange(len(tokens))
+    row_end = tokens == TOKEN_ROW_END
+    after_row_end = np.maximum.accumulate(np.where(row_end, index + 1, 0))   # index after the latest row end
+    row_start = np.concatenate([[0], after_row_end[:-1]]).astype(np.int64)
+    return index - row_start, np.cumsum(row_end) - row_end
+
+
 def output_positions(tokens: np.ndarray) -> np.ndarray:
     """Positions of output tokens (given or generated) read from what precedes them: a colour or
     row end at (cells before it in its row, row ends before it, 3); any other token, the end
@@ -2057,14 +2066,10 @@ def output_positions(tokens: np.ndarray) -> np.ndarray:
     tokens = np.asarray(tokens, np.int64)
     if not len(tokens):
         return np.zeros((0, 3), np.int64)
-    index = np.arange(len(tokens))
-    row_end = tokens == TOKEN_ROW_END
-    after_row_end = np.maximum.accumulate(np.where(row_end, index + 1, 0))   # index after the latest row end
-    row_start = np.concatenate([[0], after_row_end[:-1]])
-    positions = np.stack([np.minimum(index - row_start, MAX_GRID),
-                          np.minimum(np.cumsum(row_end) - row_end, MAX_GRID - 1),
+    col, row = _row_places(tokens)
+    positions = np.stack([np.minimum(col, MAX_GRID), np.minimum(row, MAX_GRID - 1),
                           np.full(len(tokens), 3)], -1).astype(np.int64)
-    positions[(tokens >= TOKEN_START) & ~row_end] = (0, 0, 4)
+    positions[(tokens >= TOKEN_START) & (tokens != TOKEN_ROW_END)] = (0, 0, 4)
     return positions
 
 
@@ -2407,7 +2412,6 @@ class DecodeCache:
         """Keep only these sequences (finished ones leave, so they cost nothing more)."""
         for i, (k, v) in enumerate(self.layers):   # one layer at a time: little memory beyond the cache
             self.layers[i] = (k[rows], v[rows])
-            del k, v
         self.used = self.used[rows]
         self.longest = int(self.used.max()) if len(rows) else 0
 
@@ -2438,12 +2442,9 @@ def writing_stops(tokens: np.ndarray) -> int | None:
     or one that _breaks_grid), or None: what a decoder keeps is the tokens up to it."""
     tokens = np.asarray(tokens, np.int64)
     index = np.arange(len(tokens))
-    row_end = tokens == TOKEN_ROW_END
-    row_start = np.concatenate([[0], np.maximum.accumulate(np.where(row_end, index + 1, 0))[:-1]])
-    first = np.flatnonzero(row_end)
+    first = np.flatnonzero(tokens == TOKEN_ROW_END)
     width = np.where(index > first[0], first[0], 0) if len(first) else np.zeros_like(index)
-    stops = ((tokens >= TOKEN_START) & ~row_end) | _breaks_grid(
-        tokens, index - row_start, np.cumsum(row_end) - row_end, width)
+    stops = ((tokens >= TOKEN_START) & (tokens != TOKEN_ROW_END)) | _breaks_grid(tokens, *_row_places(tokens), width)
     hits = np.flatnonzero(stops)
     return int(hits[0]) if len(hits) else None
 
@@ -4474,13 +4475,13 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
     scfg = cfg["student"]
     if scfg.student == "sequence":
         pools, decoded, seconds = decode_versions(ck, split, part, device, name)
-        records = voted_decodings(split, pools.examples, pools.versions, decoded)
-        scores = score_voted(records, split)
-        scores["decode_seconds"] = seconds
-        for rank_by in CANDIDATE_RANKINGS:   # the same writings ranked otherwise, side by side
-            ranked = score_voted(voted_decodings(split, pools.examples, pools.versions, decoded, rank_by), split)
-            scores.update({f"{k} by {rank_by}": ranked[k] for k in ("pass@1", "pass@2")})
-        return scores, records, pools.versions
+        ranked = {rank_by: voted_decodings(split, pools.examples, pools.versions, decoded, rank_by)
+                  for rank_by in CANDIDATE_RANKINGS}   # the same writings ranked each way, side by side
+        scores = {**score_voted(ranked["votes"], split), "decode_seconds": seconds}
+        for rank_by, records in ranked.items():
+            scored = score_voted(records, split)
+            scores.update({f"{k} by {rank_by}": scored[k] for k in ("pass@1", "pass@2")})
+        return scores, ranked["votes"], pools.versions
     features = scfg.student == "features"
     versions = task_versions(split.tasks, 1 if features else cfg["data"].augmentations, cfg["run"].seed)
     if version_ids(split.tasks, versions) != ck["meta"]["version_ids"]:
@@ -4840,9 +4841,10 @@ def compiled_speed(model: torch.nn.Module, make_inputs, batch: int, device: str,
 def student_speed(model: torch.nn.Module, device: str, side: int = MAX_GRID, n_tokens: int = 0,
                   batch_sizes: Sequence[int] | None = None, compiled: bool = True) -> dict[str, Any]:
     """A student's inference speed on random inputs of its form (a side x side canvas, n_tokens
-    teacher tokens, or side x side pairs read in one teacher-forced pass), bf16 on CUDA and fp32 on the CPU: speed_profile's figures over
-    `batch_sizes` (batch 1 first; default speed_batches), and on CUDA with compiled=True also as
-    it would be served (compiled_speed) under 'compiled'. The one timing path for students."""
+    teacher tokens, or side x side pairs read in one teacher-forced pass), bf16 on CUDA and fp32
+    on the CPU: speed_profile's figures over `batch_sizes` (batch 1 first; default
+    speed_batches), and on CUDA with compiled=True also as it would be served (compiled_speed)
+    under 'compiled'. The one timing path for a student's forward (decoding_speed: whole answers)."""
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     model = model.to(device, dtype).eval()
@@ -4880,8 +4882,9 @@ def _release(device: str) -> None:
 
 def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
     """The trained student (the grid student on the median canvas of the evaluation tasks and on
-    30x30; the sequence student writing the evaluation tasks' answers), the run's teacher, and a features student (the original plan's; its weights do not change its
-    speed) in this process on one device: ms per example at batch 1, examples/s at the best
+    30x30; the sequence student writing the evaluation tasks' answers), the run's teacher, and a
+    features student (the original plan's; its weights do not change its speed) in this process
+    on one device: ms per example at batch 1, examples/s at the best
     batch, peak memory, parameters. Bf16 on CUDA, fp32 on the CPU.
 
     Models are measured one after another, so each peak holds only what that model needs; the
@@ -6079,9 +6082,11 @@ def score_run(run_dir: Path, checkpoint: str | os.PathLike, device: str) -> dict
     own config: the scores beside the copy baseline, with the seconds they took, and the voted
     attempts as predictions.json in run_dir. -> the scores"""
     started = time.perf_counter()
-    cfg = checkpoint_config(load_checkpoint(checkpoint))
+    device = resolve_device(device)
+    ck = load_checkpoint(checkpoint, device)
+    cfg = checkpoint_config(ck)
     split = config_split(cfg["data"], cfg["run"].seed)
-    scores, records = evaluate_checkpoint(checkpoint, split, "test", device, training_store(cfg, run_dir))
+    scores, records, _ = score_checkpoint(ck, split, "test", device, training_store(cfg, run_dir), str(checkpoint))
     _write_json(run_dir / "predictions.json", submission(records), indent=None)
     return {**scores, "copy_baseline": copy_baseline(split, "test"), "seconds": time.perf_counter() - started}
 
@@ -6089,7 +6094,7 @@ def score_run(run_dir: Path, checkpoint: str | os.PathLike, device: str) -> dict
 def _command_score(args: argparse.Namespace) -> int:
     """A trained run's best checkpoint on the evaluation tasks: test_scores.json, predictions.json."""
     run_dir = Path(args.run_dir)
-    scores = score_run(run_dir, run_dir / "checkpoints" / args.checkpoint, resolve_device(args.device))
+    scores = score_run(run_dir, run_dir / "checkpoints" / args.checkpoint, args.device)
     _write_json(run_dir / "test_scores.json", scores)
     print(json.dumps(scores))
     return 0
@@ -6155,8 +6160,8 @@ def _command_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"pipeline": _command_pipeline, "extract": _command_extract, "train": _command_train,
-            "score": _command_score, "evaluate": _command_evaluate, "publish": _command_publish, "sweep": _command_sweep,
-            "table": _command_table, "curve": _command_curve, "bench": _command_bench}
+            "score": _command_score, "evaluate": _command_evaluate, "publish": _command_publish,
+            "sweep": _command_sweep, "table": _command_table, "curve": _command_curve, "bench": _command_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
