@@ -4649,12 +4649,12 @@ def gallery_pairs(pairs: Sequence[dict[str, Any]], right: bool, n: int) -> list[
 
 
 def _draw_grid_or_none(ax, grid: np.ndarray | None, title: str) -> None:
-    """plot_grid, or a note where a prediction has no grid (every cell predicted outside) or a
-    target is not known (None)."""
+    """plot_grid, or a note where a prediction has no grid (the grid student predicted every cell
+    outside, or what the sequence student wrote is no grid) or a target is not known (None)."""
     if grid is not None and grid.size:
         plot_grid(ax, grid, title)
     else:
-        note = "no known\nanswer" if grid is None else "no grid:\nevery cell\npredicted outside"
+        note = "no known\nanswer" if grid is None else "no grid\npredicted"
         ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=7)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
@@ -4684,8 +4684,8 @@ def plot_prediction_gallery(records: Sequence[dict[str, Any]], split: Split, ind
         plot_grid(row[0], pair.input, f"{r['task_id']} test {r['index']}: input")
         target = pair.output
         _draw_grid_or_none(row[1], target, "target" if target is None else f"target {target.shape[0]}x{target.shape[1]}")
-        for k, (grid, title) in enumerate(_attempt_panels(r)):
-            _draw_grid_or_none(row[2 + k], grid, title)
+        for k, (grid, panel) in enumerate(_attempt_panels(r)):   # `title` is the figure's
+            _draw_grid_or_none(row[2 + k], grid, panel)
         first = r["attempts"][0]
         if target is not None:
             plot_grid(row[4], difference_grid(first, target), _difference_title(first, target))

@@ -123,3 +123,14 @@ def test_the_curve_command_plots_each_evaluated_run_by_its_training_minutes(tmp_
     assert out.read_bytes().startswith(b"\x89PNG")
     printed = capsys.readouterr().out
     assert "| a | sequence | 5.5 | 7.50% |" in printed and "| b | grid | 4.8 | 1.25% |" in printed
+
+
+def test_a_gallery_keeps_its_title_when_a_pair_has_no_attempt():
+    task = make_task()
+    split = sc.Split("x", {"t1": task}, [], [], [sc.Example("t1", "test", 0)])
+    record = {"task_id": "t1", "kind": "test", "index": 0, "attempts": [np.zeros((1, 1), np.uint8)], "votes": [0]}
+    import matplotlib.pyplot as plt
+    fig = sc.plot_prediction_gallery([record], split, [0], "the gallery's title")
+    assert fig._suptitle.get_text() == "the gallery's title"
+    assert fig.axes[2].get_title() == "attempt 1: none ([[0]] submitted)"
+    plt.close(fig)
