@@ -2873,8 +2873,9 @@ class TrainConfig(ConfigBase):
     task_lr_scale: float = 10.0    # task embeddings learn this many times faster
     task_optimizer: str = choice("adamw", "signsgd")   # adamw | signsgd (HRM/TRM: sign-SGD at 1e-2, i.e. scale 100 at lr 1e-4)
     weight_decay: float = 0.1      # decoupled, on matrices only
-    optimizer: str = choice("adamw", "muon")   # muon: Muon on the blocks' matrices (StackedMuon), AdamW on the rest
-    muon_lr: float = 2e-3          # muon: peak learning rate of the blocks' matrices (updates at AdamW's RMS)
+    optimizer: str = choice("adamw", "muon", "normuon")   # muon | normuon (rows normalised): on the blocks' matrices (StackedMuon), AdamW on the rest
+    muon_lr: float = 2e-3          # peak rate of the blocks' matrices; muon: updates at AdamW's RMS (0.2) | normuon: at spectral norm ~1 (mdlARC 1.66e-3)
+    attention_decay_scale: float = 1.0   # weight decay of the attention matrices (qkv, proj) as a share of weight_decay (mdlARC 0.1)
     warmup_fraction: float = 0.05  # share of the steps spent warming up
     decay: str = choice("cosine", "wsd")   # after the warm-up: cosine to 10% | flat, then linear to 0 (wsd)
     decay_fraction: float = 0.2    # wsd: the last share of the steps, decaying linearly to 0
@@ -3315,7 +3316,27 @@ class StackedMuon(torch.optim.Muon):
     """torch.optim.Muon's update with its state and options, computed for every matrix of one
     shape at once: momentum by foreach ops, Newton-Schulz as batched matmuls. torch's Muon
     takes the matrices one by one: for the 8 x 768 sequence student on an H200 (torch 2.11,
-    2026-12-02) that was 22 ms of GPU time in a 51 ms training step."""
+    2026-12-02) that was 22 ms of GPU time in a 51 ms training step.
+
+    row_beta > 0 makes it NorMuon (Z. Li et al., 2025), mdlARC's optimiser: each row of the
+    orthogonalised update is divided by the root of its running mean square (decay row_beta),
+    then the update is rescaled to the norm it had, so no output neuron moves much more than
+    another. Its state gains "row_second_moment" (rows, 1)."""
+
+    def __init__(self, params, row_beta: float = 0.0, **options):
+        super().__init__(params, **options)
+        for group in self.param_groups:
+            group.setdefault("row_beta", row_beta)
+
+    @staticmethod
+    def normalise_rows(ortho: torch.Tensor, second: torch.Tensor, beta: float) -> torch.Tensor:
+        """NorMuon's step on a stack (k, rows, cols): running row mean squares `second` (k, rows, 1)
+        updated in place; rows divided by their root, the whole rescaled to its former norm."""
+        ortho = ortho.float()
+        second.lerp_(ortho.square().mean(-1, keepdim=True), 1 - beta)
+        normed = ortho / (second.sqrt() + 1e-10)
+        scale = ortho.norm(dim=(-2, -1), keepdim=True) / (normed.norm(dim=(-2, -1), keepdim=True) + 1e-10)
+        return normed * scale
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
@@ -3335,6 +3356,12 @@ class StackedMuon(torch.optim.Muon):
             for shape, index in by_shape.items():
                 ortho = orthogonalise(torch.stack([updates[i] for i in index]), group["ns_coefficients"],
                                       group["ns_steps"], group["eps"])
+                if group["row_beta"]:
+                    seconds = [self.state[params[i]].setdefault("row_second_moment", params[i].new_zeros(
+                        shape[0], 1, dtype=torch.float32)) for i in index]
+                    stacked = torch.stack(seconds)
+                    ortho = self.normalise_rows(ortho, stacked, group["row_beta"])
+                    torch._foreach_copy_(seconds, list(stacked))
                 torch._foreach_add_([params[i] for i in index], [o.to(params[i].dtype) for i, o in zip(index, ortho)],
                                     alpha=-lr * muon_lr_ratio(shape, group["adjust_lr_fn"]))
 
@@ -3346,16 +3373,28 @@ def muon_matrices(model: torch.nn.Module) -> list[str]:
 
 
 def make_optimizer(model: torch.nn.Module, loss: torch.nn.Module, cfg: TrainConfig) -> OptimizerSet:
-    """AdamW over matrices (weight decay) and the rest (none); the task embeddings at
-    task_lr_scale x the learning rate, in AdamW without decay or in sign-SGD with decay 0.1.
-    optimizer="muon": the blocks' matrices go to Muon (StackedMuon) at muon_lr, its updates
-    scaled to AdamW's RMS (so the two rates are comparable), the rest to AdamW as above."""
-    muon = set(muon_matrices(model)) if cfg.optimizer == "muon" else set()
-    decay, plain, task, matrices = [], [], [], []
+    """AdamW over matrices (weight decay; the attention's at attention_decay_scale of it) and the
+    rest (embeddings, norms: none); the task embeddings at task_lr_scale x the learning rate, in
+    AdamW without decay or in sign-SGD with decay 0.1. optimizer="muon": the blocks' matrices go
+    to Muon (StackedMuon) at muon_lr, its updates scaled to AdamW's RMS (so the two rates are
+    comparable); "normuon": to NorMuon as mdlARC trains them (rows normalised, beta 0.95; the
+    update's spectral norm about 1, times sqrt(rows / cols) for a tall matrix)."""
+    muon = set(muon_matrices(model)) if cfg.optimizer in ("muon", "normuon") else set()
+    embeddings = {id(m.weight) for m in [*model.modules(), *loss.modules()] if isinstance(m, torch.nn.Embedding)}
+    decay, attention, plain, task, matrices, attention_matrices = [], [], [], [], [], []
     for name, p in list(model.named_parameters()) + list(loss.named_parameters()):
-        (matrices if name in muon else task if name.startswith("task.") else decay if p.dim() >= 2
-         and "embed" not in name and name not in ("colour.weight", "row.weight", "col.weight") else plain).append(p)
+        in_attention = name.endswith((".qkv.weight", ".proj.weight"))
+        if name in muon:
+            (attention_matrices if in_attention else matrices).append(p)
+        elif name.startswith("task."):
+            task.append(p)
+        elif p.dim() >= 2 and id(p) not in embeddings:
+            (attention if in_attention else decay).append(p)
+        else:
+            plain.append(p)
+    attention_decay = cfg.weight_decay * cfg.attention_decay_scale
     groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+              {"params": attention, "weight_decay": attention_decay, "lr_scale": 1.0},
               {"params": plain, "weight_decay": 0.0, "lr_scale": 1.0}]
     task_group = {"params": task, "lr_scale": cfg.task_lr_scale}
     if cfg.task_optimizer == "adamw":
@@ -3363,9 +3402,12 @@ def make_optimizer(model: torch.nn.Module, loss: torch.nn.Module, cfg: TrainConf
     fused = all(p.is_cuda for g in groups for p in g["params"])   # one kernel for the whole update
     optimizers = [torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95),
                                     fused=fused or None)]
-    if matrices:
-        optimizers.append(StackedMuon([{"params": matrices, "lr_scale": cfg.muon_lr / cfg.lr}],
-                                      lr=cfg.muon_lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
+    muon_groups = [{"params": ps, "weight_decay": wd, "lr_scale": cfg.muon_lr / cfg.lr}
+                   for ps, wd in ((matrices, cfg.weight_decay), (attention_matrices, attention_decay)) if ps]
+    if muon_groups:
+        nor = cfg.optimizer == "normuon"
+        optimizers.append(StackedMuon(muon_groups, lr=cfg.muon_lr, row_beta=0.95 if nor else 0.0,
+                                      adjust_lr_fn="original" if nor else "match_rms_adamw"))
     if cfg.task_optimizer == "signsgd" and task:
         optimizers.append(SignSGD([task_group], lr=cfg.lr, weight_decay=0.1))
     return OptimizerSet(*optimizers)
@@ -5251,12 +5293,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"width": 64, "depth": 2, "heads": 4, "decoder_hidden": 256, "augmentations": 2,
             "batch_size": 16, "epochs": 3, "seconds_budget": 300.0},
     "default": {},
-    # The headline run on one H200: the sequence student (8 x 768, 76M parameters), up to 80
-    # versions per pair, batches of about 32 sequences, Muon + warm-up / flat / linear decay
-    # fitted to 320 of a 345-s budget, no teacher term (README "The sequence student": 7.5%
-    # pass@2). For longer than one run, schedule_seconds spans resumed pieces of seconds_budget.
+    # The headline run on one H200: the sequence student (8 x 768, 76M parameters) on every pair
+    # of the training tasks and the evaluation tasks' demonstrations (mdlARC's data), up to 80
+    # versions per pair, batches of about 32 sequences, NorMuon at mdlARC's rates and decays +
+    # warm-up / flat / linear decay fitted to 320 of a 345-s budget, no teacher term (README
+    # "The sequence student"). For longer, schedule_seconds spans resumed pieces of seconds_budget.
     "full": {"student": "sequence", "width": 768, "depth": 8, "heads": 12, "augmentations": 80, "batch_size": 32,
-             "optimizer": "muon", "decay": "wsd", "task_lr_scale": 1.0, "epochs": 1000, "seconds_budget": 345.0,
+             "train_on_val": True, "optimizer": "normuon", "muon_lr": 1.66e-3, "attention_decay_scale": 0.1,
+             "decay": "wsd", "task_lr_scale": 1.0, "epochs": 1000, "seconds_budget": 345.0,
              "schedule_seconds": 320.0, "schedule": "budget", "checkpoint_every": 1000, "patience": 1000000,
              "log_every": 100, "w_feat": 0.0},
     # The grid student's headline set-up, the baseline row (called `full` until 2026-12-02): 32

@@ -40,7 +40,7 @@ def test_an_epoch_takes_every_training_pair_once_in_one_version(split, tmp_path)
     assert sorted(run.data.train.pair[rows].tolist()) == list(range(len(split.train)))
 
 
-@pytest.mark.parametrize("recipe", [{}, {"optimizer": "muon", "decay": "wsd"}])
+@pytest.mark.parametrize("recipe", [{}, {"optimizer": "muon", "decay": "wsd"}, {"optimizer": "normuon"}])
 def test_resume_continues_bit_exactly_with_dropout(split, tmp_path, recipe):
     n = 3
     sc.train(config(max_steps=2 * n, epochs=5, **recipe), split, tmp_path / "straight", progress=False)
@@ -215,3 +215,49 @@ def test_the_evaluation_report_views_take_the_sequence_student(split, tmp_path):
     metrics = sc.evaluation_metrics(ev, pairs, speed, {"computed": False, "reason": "-"}, {"computed": False, "reason": "-"})
     report = sc.evaluation_report(metrics, sc.score_table(ev), {})
     assert "The sequence student writes each test input's answer greedily" in report
+
+
+def test_normuon_normalises_each_rows_step_as_the_paper_says():
+    """StackedMuon(row_beta) against NorMuon written out for one matrix at a time: Muon's
+    orthogonalised momentum, rows divided by the root of their running mean square, the update
+    rescaled to its former norm, times sqrt(rows / cols) for a tall matrix."""
+    torch.manual_seed(0)
+    shapes = [(48, 16), (48, 16), (16, 64)]
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
+    params = [torch.nn.Parameter(p.clone()) for p in start]
+    opt = sc.StackedMuon(params, lr=0.02, weight_decay=0.1, row_beta=0.9, adjust_lr_fn="original")
+    reference = [p.clone() for p in start]
+    momentum = [torch.zeros(s) for s in shapes]
+    second = [torch.zeros(s[0], 1) for s in shapes]
+    for g in grads:
+        for p, gi in zip(params, g):
+            p.grad = gi.clone()
+        opt.step()
+        for i, gi in enumerate(g):
+            momentum[i] = 0.95 * momentum[i] + 0.05 * gi
+            o = sc.orthogonalise((0.05 * gi + 0.95 * momentum[i])[None], (3.4445, -4.775, 2.0315), 5, 1e-7)[0].float()
+            second[i] = 0.9 * second[i] + 0.1 * o.square().mean(1, keepdim=True)
+            normed = o / second[i].sqrt()
+            update = normed * o.norm() / normed.norm() * max(1, shapes[i][0] / shapes[i][1]) ** 0.5
+            reference[i] = reference[i] * (1 - 0.02 * 0.1) - 0.02 * update
+    rows_before = [(p - s).norm(dim=1) for p, s in zip(reference, start)]
+    for p, r, s in zip(params, reference, start):
+        assert (r - s).abs().max() > 0.01
+        torch.testing.assert_close(p.detach(), r, atol=1e-5, rtol=0)
+    assert set(opt.state_dict()["state"][0]) == {"momentum_buffer", "row_second_moment"}
+    assert all(r.std() / r.mean() < 0.5 for r in rows_before)            # rows moved alike
+
+
+def test_normuon_and_the_attention_decay_reach_their_groups():
+    model = sc.build_student(config()["student"], 3)
+    loss = sc.DistillLoss(sc.LossConfig(), 32, 32)
+    cfg = sc.TrainConfig(optimizer="normuon", muon_lr=1e-3, weight_decay=0.1, attention_decay_scale=0.1)
+    adamw, muon = sc.make_optimizer(model, loss, cfg).optimizers
+    names = {id(p): n for n, p in [*model.named_parameters(), *loss.named_parameters()]}
+    decay_of = {names[id(p)]: g["weight_decay"] for o in (adamw, muon) for g in o.param_groups for p in g["params"]}
+    assert decay_of["blocks.0.qkv.weight"] == decay_of["blocks.1.proj.weight"] == pytest.approx(0.01)
+    assert decay_of["blocks.0.gate_up.weight"] == decay_of["blocks.0.down.weight"] == 0.1
+    assert decay_of["token.weight"] == decay_of["dihedral.weight"] == decay_of["task.weight"] == 0.0
+    assert decay_of["head.weight"] == 0.1
+    assert all(g["row_beta"] == 0.95 and g["adjust_lr_fn"] == "original" for g in muon.param_groups)
