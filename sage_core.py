@@ -84,9 +84,10 @@ __all__ = [
     "tokenize_pair", "pair_sequence", "output_positions", "tokens_to_grid", "rotary_split",
     "Rotary3D", "apply_rotary", "PackedBatch", "pack_sequences", "sequence_loss",
     "packed_attention", "DecoderBlock", "SequenceOutput", "SequenceStudent", "DecodeCache",
-    "Decoded", "writing_stops", "decode_batches", "decode_cache_tokens", "greedy_decode",
-    "greedy_decode_uncached", "build_student", "parameter_table", "student_inputs",
-    "input_description", "inference_fn", "plot_data_flow", "SEED_PARAMETERS",
+    "Decoded", "writing_stops", "decode_batches", "decode_cache_tokens", "writing_state",
+    "FIRST_STAGE_TOKENS", "greedy_decode", "greedy_decode_uncached", "build_student",
+    "parameter_table", "student_inputs", "input_description", "inference_fn", "plot_data_flow",
+    "SEED_PARAMETERS",
     # 8. Losses
     "LossConfig", "DistillLoss", "loss_checks", "loss_sweep", "plot_loss_sweep",
     # 9. Training
@@ -2487,17 +2488,27 @@ def _prefill(model: SequenceStudent, prompts: Sequence[TokenSequence], capacity:
     return cache, torch.cat(logits)
 
 
+def writing_state(written: np.ndarray) -> tuple[int, int, int]:
+    """Where a decoder stands after writing `written` (no stop among them): cells so far in the
+    current row, rows done, and the first row's width (0 until it ends)."""
+    row_ends = np.flatnonzero(np.asarray(written) == TOKEN_ROW_END)
+    if not len(row_ends):
+        return len(written), 0, 0
+    return len(written) - int(row_ends[-1]) - 1, len(row_ends), int(row_ends[0])
+
+
 @torch.no_grad()
 def _decode_group(model: SequenceStudent, prompts: Sequence[TokenSequence], max_new_tokens: int,
-                  check_every: int = 16) -> list[Decoded]:
-    """greedy_decode of one group whose cache fits at once."""
+                  states: Sequence[tuple[int, int, int]] | None = None, check_every: int = 16) -> list[Decoded]:
+    """greedy_decode of one group whose cache fits at once; `states` (writing_state) continue
+    prompts that end inside an output."""
     device = model.head.weight.device
     n = len(prompts)
     cache, logits = _prefill(model, prompts, max(len(p.tokens) for p in prompts) + max_new_tokens)
     task = torch.tensor([p.task for p in prompts], device=device)
     dihedral = torch.tensor([p.dihedral for p in prompts], device=device)
     rows = torch.arange(n, device=device)           # each live sequence's prompt
-    col, row, width = (torch.zeros(n, dtype=torch.long, device=device) for _ in range(3))
+    col, row, width = torch.tensor(states or [(0, 0, 0)] * n, dtype=torch.long, device=device).reshape(n, 3).T
     done = torch.zeros(n, dtype=torch.bool, device=device)
     logprob = torch.zeros(n, device=device)
     written = torch.full((n, max_new_tokens), TOKEN_END, dtype=torch.long, device=device)
@@ -2532,10 +2543,16 @@ def _decode_group(model: SequenceStudent, prompts: Sequence[TokenSequence], max_
     return [Decoded(tokens[:k], lp) for tokens, k, lp in zip(written_host, kept_host, logprob_host)]
 
 
+# Cache regions are first sized for this many written tokens: most ARC answers are shorter (a
+# 15 x 15 grid is 241), so groups hold two to three times more sequences than regions sized for
+# a 30 x 30 answer, and a group's steps end at its longest answer up to this length.
+FIRST_STAGE_TOKENS = 256
+
+
 @torch.no_grad()
 def greedy_decode(model: SequenceStudent, prompts: Sequence[TokenSequence],
                   max_new_tokens: int = MAX_NEW_TOKENS, cache_tokens: int | None = None,
-                  progress: bool = False) -> list[Decoded]:
+                  progress: bool = False, first_stage: int = FIRST_STAGE_TOKENS) -> list[Decoded]:
     """Write every prompt's output greedily with a KV cache (bf16 autocast on CUDA), in groups
     of similar prompt length whose cache fits cache_tokens slots (decode_cache_tokens).
 
@@ -2545,23 +2562,49 @@ def greedy_decode(model: SequenceStudent, prompts: Sequence[TokenSequence],
     comes from what was written: a colour at (cells so far in this row, rows done, 3), a row
     end likewise and then a new row. A sequence stops at the end token, any other special
     token, a token that breaks the grid (_breaks_grid: no grid can follow), or after
-    max_new_tokens; finished sequences leave the batch every few steps."""
+    max_new_tokens; finished sequences leave the batch every few steps.
+
+    Two stages: every prompt writes up to `first_stage` tokens; those still writing then go on,
+    their prompt and what they wrote prefilled again as one prompt, into regions sized for the
+    rest (in bf16 the prefill's sums differ from the step-by-step ones in the last bits, so a
+    near-tie may resolve otherwise; in float32 both equal greedy_decode_uncached)."""
     from tqdm.auto import tqdm
     device = model.head.weight.device
     was_training = model.training
     model.eval()
-    results: list[Decoded | None] = [None] * len(prompts)
-    groups = decode_batches(np.array([len(p.tokens) for p in prompts]), max_new_tokens,
-                            cache_tokens or decode_cache_tokens(model, device))
+    first = min(first_stage or max_new_tokens, max_new_tokens)
+    cache_tokens = cache_tokens or decode_cache_tokens(model, device)
     try:
         with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"), \
                 tqdm(total=len(prompts), desc="decode", unit="prompt", disable=not progress) as bar:
-            for group in groups:
-                for i, d in zip(group, _decode_group(model, [prompts[i] for i in group], max_new_tokens)):
-                    results[i] = d
-                bar.update(len(group))
+            results = _decode_stage(model, prompts, first, cache_tokens, None, bar)
+            going = [i for i, d in enumerate(results) if len(d.tokens) == first and writing_stops(d.tokens) is None]
+            if going and first < max_new_tokens:
+                bar.set_description(f"decode, {len(going)} answers past {first} tokens")
+                longer = [TokenSequence(np.concatenate([prompts[i].tokens, results[i].tokens]),
+                                        np.concatenate([prompts[i].positions, output_positions(results[i].tokens)]),
+                                        np.zeros(len(prompts[i].tokens) + first, bool), prompts[i].task,
+                                        prompts[i].dihedral) for i in going]
+                rest = _decode_stage(model, longer, max_new_tokens - first, cache_tokens,
+                                     [writing_state(results[i].tokens) for i in going], None)
+                for i, d in zip(going, rest):
+                    results[i] = Decoded(np.concatenate([results[i].tokens, d.tokens]), results[i].logprob + d.logprob)
     finally:
         model.train(was_training)
+    return results
+
+
+def _decode_stage(model: SequenceStudent, prompts: Sequence[TokenSequence], max_new_tokens: int, cache_tokens: int,
+                  states: Sequence[tuple[int, int, int]] | None, bar) -> list[Decoded]:
+    """Every prompt through _decode_group, in groups by prompt length that fit cache_tokens."""
+    results: list[Decoded] = [None] * len(prompts)   # type: ignore[list-item]
+    for group in decode_batches(np.array([len(p.tokens) for p in prompts]), max_new_tokens, cache_tokens):
+        written = _decode_group(model, [prompts[i] for i in group], max_new_tokens,
+                                None if states is None else [states[i] for i in group])
+        for i, d in zip(group, written):
+            results[i] = d
+        if bar is not None:
+            bar.update(len(group))
     return results
 
 

@@ -220,15 +220,17 @@ def test_writing_stops_where_no_grid_can_follow(tokens, kept):
     assert (None if stop is None else stop + 1) == kept
 
 
-@pytest.mark.parametrize("cache_tokens", [None, 60])   # one group, or groups of one or two prompts
-def test_cached_greedy_decoding_equals_full_forwards(cache_tokens):
+@pytest.mark.parametrize("cache_tokens, first_stage", [(None, 256), (60, 256), (None, 7), (60, 5)])
+def test_cached_greedy_decoding_equals_full_forwards(cache_tokens, first_stage):
+    """One group or groups of one or two prompts; in one stage, or in two whose second continues
+    from prompts that end inside a row (first_stage 7, 5) with that row's place and width."""
     m, rng = model(seed=1), np.random.default_rng(6)
     with torch.no_grad():   # a random model that writes rows (positions move), some to the cap
         m.head.weight[[X, S, E]] = 0
         m.head.weight[R] *= 5
     prompts = [sc.tokenize_pair(grid(rng, h, w), task=t, dihedral=d)
                for h, w, t, d in [(2, 3, 0, 0), (4, 4, 1, 3), (1, 6, 2, 5), (3, 1, 0, 7), (1, 1, 2, 1)]]
-    cached = sc.greedy_decode(m, prompts, max_new_tokens=40, cache_tokens=cache_tokens)
+    cached = sc.greedy_decode(m, prompts, max_new_tokens=40, cache_tokens=cache_tokens, first_stage=first_stage)
     full = sc.greedy_decode_uncached(m, prompts, max_new_tokens=40)
     for c, f in zip(cached, full):
         assert c.tokens.tolist() == f.tokens.tolist()
@@ -236,6 +238,12 @@ def test_cached_greedy_decoding_equals_full_forwards(cache_tokens):
     lengths = [len(c.tokens) for c in cached]
     assert max(lengths) <= 40 and any(R in c.tokens for c in cached)
     assert len(set(lengths)) > 2 and min(lengths) < 16 < max(lengths)   # some leave the batch early
+
+
+@pytest.mark.parametrize("written, state", [([], (0, 0, 0)), ([1, 2], (2, 0, 0)), ([1, 2, R], (0, 1, 2)),
+                                             ([1, 2, R, 3], (1, 1, 2)), ([4, R, 5, R, 6], (1, 2, 1))])
+def test_writing_state_is_where_the_writer_stands(written, state):
+    assert sc.writing_state(np.array(written)) == state
 
 
 def test_a_tiny_model_memorises_three_tasks_and_writes_their_outputs():
