@@ -1,6 +1,9 @@
 """Where a training step of the `full` profile's sequence student spends its time, on CUDA:
-ms per step over 40 steps (after 40 of warm-up and compilation), then torch.profiler's tables
-over 10 more (by host time and by GPU time). Usage: python scripts/profile_sequence_step.py"""
+ms per step and tokens per second over 40 steps (after 40 of warm-up and compilation), then
+torch.profiler's tables over 10 more (by host time and by GPU time). Config fields may be
+changed as on the command line: python scripts/profile_sequence_step.py [FIELD=VALUE ...],
+e.g. batch_size=64; --no-tables prints the speed alone."""
+import sys
 import tempfile
 import time
 
@@ -9,7 +12,8 @@ from torch.profiler import ProfilerActivity, profile
 
 import sage_core as sc
 
-cfg = sc.build_config("full", device="cuda", seconds_budget=0)
+args = [a for a in sys.argv[1:] if a != "--no-tables"]
+cfg = sc.build_config("full", device="cuda", seconds_budget=0, **sc.parse_overrides(args))
 split = sc.config_split(cfg["data"])
 with tempfile.TemporaryDirectory() as folder:
     run = sc.setup_training(cfg, split, folder, progress=False)
@@ -21,11 +25,14 @@ with tempfile.TemporaryDirectory() as folder:
     for rows in batches[40:80]:
         sc.train_step(run, rows)
     torch.cuda.synchronize()
-    print("ms/step", (time.perf_counter() - started) / 40 * 1e3)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for rows in batches[80:90]:
-            sc.train_step(run, rows)
-        torch.cuda.synchronize()
-    table = prof.key_averages()
-    print(table.table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=45))
-    print(table.table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=45))
+    seconds = time.perf_counter() - started
+    tokens = int(run.data.train.lengths[torch.cat(batches[40:80])].sum())
+    print(f"{' '.join(args) or 'full profile'}: {seconds / 40 * 1e3:.1f} ms/step, {tokens / seconds / 1e3:.0f}k tokens/s")
+    if "--no-tables" not in sys.argv:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for rows in batches[80:90]:
+                sc.train_step(run, rows)
+            torch.cuda.synchronize()
+        table = prof.key_averages()
+        print(table.table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=45))
+        print(table.table(sort_by="self_cuda_time_total", row_limit=14, max_name_column_width=45))
