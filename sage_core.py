@@ -83,11 +83,11 @@ __all__ = [
     "TOKEN_SEPARATOR", "TOKEN_END", "SEQUENCE_VOCAB", "MAX_NEW_TOKENS", "TokenSequence",
     "tokenize_pair", "pair_sequence", "output_positions", "tokens_to_grid", "rotary_split",
     "Rotary3D", "apply_rotary", "PackedBatch", "pack_sequences", "sequence_loss",
-    "packed_attention", "DecoderBlock", "SequenceOutput", "SequenceStudent", "DecodeCache",
-    "Decoded", "writing_stops", "decode_batches", "decode_cache_tokens", "writing_state",
-    "FIRST_STAGE_TOKENS", "greedy_decode", "greedy_decode_uncached", "build_student",
-    "parameter_table", "student_inputs", "input_description", "inference_fn", "plot_data_flow",
-    "SEED_PARAMETERS",
+    "attention_bounds", "packed_attention", "DecoderBlock", "SequenceOutput", "SequenceStudent",
+    "DecodeCache", "Decoded", "writing_stops", "decode_batches", "decode_cache_tokens",
+    "writing_state", "FIRST_STAGE_TOKENS", "greedy_decode", "greedy_decode_uncached",
+    "build_student", "parameter_table", "student_inputs", "input_description", "inference_fn",
+    "plot_data_flow", "SEED_PARAMETERS",
     # 8. Losses
     "LossConfig", "DistillLoss", "loss_checks", "loss_sweep", "plot_loss_sweep",
     # 9. Training
@@ -2190,41 +2190,55 @@ def sequence_loss(logits: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
 _VARLEN_CAUSAL: dict[str, Any] = {}
 
 
-def _varlen_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-    """PyTorch's variable-length FlashAttention (torch.nn.attention.varlen), causal per sequence."""
-    from torch.nn.attention.varlen import varlen_attn
-    if not _VARLEN_CAUSAL:   # torch 2.10 said is_causal=True; later versions a (left, right) window
+def _varlen_causal_options() -> dict[str, Any]:
+    """How torch.nn.attention.varlen asks for causal attention: torch 2.10 said is_causal=True,
+    later versions a (left, right) window. Read once, before any compiled code calls it."""
+    if not _VARLEN_CAUSAL:
         import inspect
+        from torch.nn.attention.varlen import varlen_attn
         causal = "window_size" in inspect.signature(varlen_attn).parameters
         _VARLEN_CAUSAL.update({"window_size": (-1, 0)} if causal else {"is_causal": True})
-    cu, longest = batch.cu_seqlens, batch.max_len
-    if q.shape[0] > batch.bounds[-1]:        # the padding tail attends as one more sequence
-        cu = torch.cat([cu, cu.new_full((1,), q.shape[0])])
-        longest = max(longest, q.shape[0] - batch.bounds[-1])
-    return varlen_attn(q, k, v, cu, cu, longest, longest, **_VARLEN_CAUSAL)
+    return _VARLEN_CAUSAL
 
 
-def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-    """Causal attention within each sequence of a packed stream: (T, heads, head dim) each.
+def attention_bounds(batch: PackedBatch) -> tuple[torch.Tensor, int]:
+    """cu_seqlens and the longest sequence as attention takes them: a padding tail joins the last
+    sequence (causal attention keeps every real token blind to it; it carries no loss)."""
+    if len(batch.tokens) == batch.bounds[-1]:
+        return batch.cu_seqlens, batch.max_len
+    cu = batch.cu_seqlens.clone()
+    cu[-1] = len(batch.tokens)
+    return cu, max(batch.max_len, len(batch.tokens) - batch.bounds[-2])
+
+
+@torch.compiler.disable
+def _attention_by_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """One causal SDPA per sequence: exact on any device, cost by sequence."""
+    bounds = cu_seqlens.tolist()
+    return torch.cat([F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)),
+                                                     is_causal=True).transpose(0, 1)
+                      for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                     max_len: int) -> torch.Tensor:
+    """Causal attention within each sequence of a packed stream: (T, heads, head dim) each,
+    sequences bounded by cu_seqlens (attention_bounds), the longest max_len tokens.
 
     Kernel, checked on torch 2.13: none of PyTorch's packed kernels trains on the CPU
     (FlexAttention has no CPU backward, nested-jagged SDPA refuses is_causal there, varlen is
     CUDA-only), so the CPU runs one causal SDPA per sequence: exact, no padding, cost by
     sequence. CUDA in bf16/fp16 runs varlen_attn: the FlashAttention-2 variable-length kernel
     mdlARC used, fed cu_seqlens directly (no block mask to build per batch), a registered
-    custom op that torch.compile keeps whole. Measured on an H200 (torch 2.11, 2026-12-02):
-    8 x 768 model, 32 ARC-1 pairs (12.4k tokens) per step, bf16, compiled: 19.5 ms per step
-    with AdamW, 31% MFU of 989 TFLOP/s; logits within 0.006 of the float32 per-sequence path.
-    FlexAttention with a document block mask had not compiled after 400 s there. CUDA in
-    float32 (which FlashAttention lacks) takes the CPU's path."""
+    custom op that torch.compile keeps whole, its lengths symbolic. Measured on an H200 (torch
+    2.11, 2026-12-02): 8 x 768 model, 32 ARC-1 pairs (12.4k tokens) per step, bf16, compiled:
+    19.5 ms per step with AdamW, 31% MFU of 989 TFLOP/s; logits within 0.006 of the float32
+    per-sequence path. FlexAttention with a document block mask had not compiled after 400 s
+    there. CUDA in float32 (which FlashAttention lacks) takes the CPU's path."""
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-        return _varlen_causal(q, k, v, batch)
-    parts = [F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)),
-                                            is_causal=True).transpose(0, 1)
-             for a, b in zip(batch.bounds[:-1], batch.bounds[1:])]
-    if q.shape[0] > batch.bounds[-1]:
-        parts.append(q.new_zeros(q.shape[0] - batch.bounds[-1], *q.shape[1:]))
-    return torch.cat(parts)
+        from torch.nn.attention.varlen import varlen_attn
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **_varlen_causal_options())
+    return _attention_by_sequence(q, k, v, cu_seqlens)
 
 
 class DecoderBlock(EncoderBlock):
@@ -2303,23 +2317,45 @@ class SequenceStudent(torch.nn.Module):
         output part: separator, output cells and row ends, end); keep_kv also returns every
         layer's keys and values (decoding's prefill)."""
         kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-        def attend(q, k, v):
-            if keep_kv:
-                kv.append((k, v))
-            return packed_attention(q, k, v, batch)
-
-        x = self.embed(batch.tokens, batch.task, batch.dihedral)
-        cos, sin = self.rotary(batch.positions)
-        for block in self.blocks:
-            x = block(x, cos, sin, attend)
-        z = self.norm(x)
+        cu, longest = attention_bounds(batch)
+        if keep_kv:
+            z = self.trunk(batch.tokens, batch.positions, batch.task, batch.dihedral,
+                           lambda q, k, v: kv.append((k, v)) or packed_attention(q, k, v, cu, longest))
+        else:
+            z = self.packed(batch.tokens, batch.positions, batch.task, batch.dihedral, cu, longest)
         n = batch.n_sequences
         weight = (batch.positions[:, 2] >= 2).float()
         sums = z.new_zeros(n + 1, z.shape[1], dtype=torch.float32).index_add_(0, batch.doc, z.float() * weight[:, None])
         counts = weight.new_zeros(n + 1).index_add_(0, batch.doc, weight)
         pooled = sums[:n] / counts[:n, None].clamp(min=1)
         return SequenceOutput(self.head(z), pooled, kv if keep_kv else None)
+
+    def trunk(self, tokens: torch.Tensor, positions: torch.Tensor, task: torch.Tensor, dihedral: torch.Tensor,
+              attend) -> torch.Tensor:
+        """Embeddings, the blocks with attention given by `attend`, the final norm -> (T, width)."""
+        x = self.embed(tokens, task, dihedral)
+        cos, sin = self.rotary(positions)
+        for block in self.blocks:
+            x = block(x, cos, sin, attend)
+        return self.norm(x)
+
+    def packed(self, tokens: torch.Tensor, positions: torch.Tensor, task: torch.Tensor, dihedral: torch.Tensor,
+               cu_seqlens: torch.Tensor, max_len: int) -> torch.Tensor:
+        """trunk over a packed stream (packed_attention): tensors and one integer in, no closure
+        from outside, so it compiles whole into one graph for any batch (compile)."""
+        return self.trunk(tokens, positions, task, dihedral,
+                          lambda q, k, v: packed_attention(q, k, v, cu_seqlens, max_len))
+
+    def compile(self, whole: bool = False, **options) -> None:
+        """Compile each block in two parts (decoding's steps and prefill use them too) and, with
+        `whole` (TrainConfig compile="whole"), the packed trunk as one graph for training and
+        validation: one host call instead of three per block, fusions across blocks."""
+        if any(p.is_cuda for p in self.parameters()):
+            _varlen_causal_options()      # resolved eagerly: compiled code only reads it
+        for block in self.blocks:
+            block.compile(**options)
+        if whole:
+            self.packed = torch.compile(self.packed, dynamic=True, **options)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, task: torch.Tensor,
                     dihedral: torch.Tensor, cache: "DecodeCache") -> torch.Tensor:
@@ -2930,7 +2966,7 @@ class TrainConfig(ConfigBase):
     patience: int = 10             # epochs without a better validation exact-grid score
     log_every: int = 50            # steps between log lines
     resume: bool = False           # continue from the run's last checkpoint
-    compile: bool = True           # torch.compile the encoder blocks, CUDA only
+    compile: str = choice("blocks", "whole", "off")   # torch.compile on CUDA: the blocks | whole: the sequence student's packed trunk as one graph too | off
     ema_decay: float = 0.0         # > 0: validate and predict with an average of the weights (TRM: 0.999)
     checkpoint_every: int = 1      # epochs between checkpoints (and best.pt candidates); the end always writes
 
@@ -3834,11 +3870,14 @@ def training_model(cfg: dict[str, Any], data: TrainingData, device: str, world: 
     loss.project.requires_grad_(data.teacher_pooled is not None or (teacher is not None and cfg["loss"].w_feat > 0))
     optimizer = make_optimizer(model, loss, tc)
     average = WeightAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
-    if tc.compile and device.startswith("cuda"):
+    if tc.compile != "off" and device.startswith("cuda"):
         # The blocks are where the FLOPs are; compiling the whole grid student failed in Inductor
-        # (torch 2.11) on the canvas slicing, so only the blocks are compiled.
-        for block in getattr(model, "encoder", model).blocks:
-            block.compile()
+        # (torch 2.11) on the canvas slicing, so only its blocks are compiled.
+        if isinstance(model, SequenceStudent):
+            model.compile(whole=tc.compile == "whole")
+        else:
+            for block in model.encoder.blocks:
+                block.compile()
     step_fn = SequenceStep(model, loss, teacher) if sc_.student == "sequence" else TrainingStep(model, loss)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel

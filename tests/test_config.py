@@ -105,7 +105,7 @@ def test_every_choice_field_is_checked_and_lists_what_the_code_accepts():
     fields = {f.name: f for cls in sc.CONFIG_CLASSES.values() for f in dataclasses.fields(cls)}
     choices = {name: f.metadata["choices"] for name, f in fields.items() if f.metadata.get("choices")}
     assert set(choices) == {"split", "on_error", "teacher", "teacher_preset", "student", "task_optimizer",
-                            "schedule", "profile", "device", "optimizer", "decay", "extra_train"}
+                            "schedule", "profile", "device", "optimizer", "decay", "extra_train", "compile"}
     assert set(choices["profile"]) == set(sc.PROFILES)
     assert set(choices["teacher"]) == set(sc.TEACHERS) == set(sc.TEACHER_NAMES)
     assert set(choices["teacher_preset"]) == {"auto", *sc.STANDIN_PRESETS}

@@ -333,6 +333,35 @@ def test_a_compiled_block_never_recompiles_for_new_lengths_or_attention_closures
             x = m.embed(batch.tokens, batch.task, batch.dihedral)
             cos, sin = m.rotary(batch.positions)
             seen = []
-            out = block(x, cos, sin, lambda q, k, v: seen.append(len(q)) or sc.packed_attention(q, k, v, batch))
+            out = block(x, cos, sin, lambda q, k, v: seen.append(len(q)) or
+                        sc.packed_attention(q, k, v, *sc.attention_bounds(batch)))
             assert out.shape == x.shape and seen == [len(x)]
     torch._dynamo.reset()
+
+
+def test_the_whole_compiled_trunk_gives_the_eager_logits_for_any_batch():
+    """compile(whole=True) wraps the packed trunk as one torch.compile'd function; batches of
+    new lengths, counts and padding give what the eager model gives (the CPU's per-sequence
+    attention runs outside the graph, as @torch.compiler.disable says)."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    eager, compiled = model(seed=3), model(seed=3)
+    compiled.compile(whole=True, backend="eager")
+    eager.eval(), compiled.eval()
+    rng = np.random.default_rng(1)
+    for shapes, pad in [([(2, 3), (4, 4)], 1), ([(1, 5)], 1), ([(3, 2), (2, 2), (5, 1)], 64)]:
+        batch = sc.pack_sequences([sc.tokenize_pair(grid(rng, h, w), grid(rng, w, h)) for h, w in shapes], pad_to=pad)
+        torch.testing.assert_close(compiled(batch).logits, eager(batch).logits)
+    assert hasattr(compiled.packed, "_torchdynamo_orig_callable") and not hasattr(eager.packed, "_torchdynamo_orig_callable")
+    torch._dynamo.reset()
+
+
+def test_a_padding_tail_joins_the_last_sequence_for_attention():
+    rng = np.random.default_rng(2)
+    seqs = [sc.tokenize_pair(grid(rng, 2, 2), grid(rng, 1, 1)), sc.tokenize_pair(grid(rng, 1, 3), grid(rng, 2, 1))]
+    exact = sc.pack_sequences(seqs)
+    assert sc.attention_bounds(exact) == (exact.cu_seqlens, exact.max_len)
+    padded = sc.pack_sequences(seqs, pad_to=32)
+    cu, longest = sc.attention_bounds(padded)
+    assert cu.tolist() == [0, len(seqs[0].tokens), 32] and longest == 32 - len(seqs[0].tokens)
+    assert padded.cu_seqlens.tolist()[-1] == exact.bounds[-1]          # the batch itself keeps its bounds
