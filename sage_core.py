@@ -81,8 +81,8 @@ __all__ = [
     "StudentConfig", "canvas_side", "RMSNorm", "EncoderBlock", "Encoder", "StudentOutput",
     "pad_to_full", "GridStudent", "FeaturesStudent", "TOKEN_START", "TOKEN_ROW_END",
     "TOKEN_SEPARATOR", "TOKEN_END", "SEQUENCE_VOCAB", "MAX_NEW_TOKENS", "TokenSequence",
-    "tokenize_pair", "pair_sequence", "output_positions", "tokens_to_grid", "rotary_split",
-    "Rotary3D", "apply_rotary", "PackedBatch", "pack_sequences", "sequence_loss",
+    "tokenize_pair", "pair_sequence", "output_positions", "continued_prompt", "tokens_to_grid",
+    "rotary_split", "Rotary3D", "apply_rotary", "PackedBatch", "pack_sequences", "sequence_loss",
     "attention_bounds", "packed_attention", "DecoderBlock", "SequenceOutput", "SequenceStudent",
     "DecodeCache", "Decoded", "writing_stops", "decode_batches", "decode_cache_tokens",
     "writing_state", "FIRST_STAGE_TOKENS", "greedy_decode", "greedy_decode_uncached",
@@ -2074,6 +2074,15 @@ def output_positions(tokens: np.ndarray) -> np.ndarray:
     return positions
 
 
+def continued_prompt(prompt: TokenSequence, written: np.ndarray) -> TokenSequence:
+    """A prompt followed by output tokens written so far (positions from output_positions), no
+    loss target: what a decoder reads to write the next token."""
+    written = np.asarray(written, np.int64)
+    return TokenSequence(np.concatenate([prompt.tokens, written]),
+                         np.concatenate([prompt.positions, output_positions(written)]),
+                         np.zeros(len(prompt.tokens) + len(written), bool), prompt.task, prompt.dihedral)
+
+
 def tokens_to_grid(tokens: np.ndarray) -> np.ndarray | None:
     """Written output tokens (what follows the separator) -> the grid, or None when there is no
     end token, or before it a row is left open, rows differ in width, a row is empty, another
@@ -2527,10 +2536,10 @@ def _prefill(model: SequenceStudent, prompts: Sequence[TokenSequence], capacity:
 def writing_state(written: np.ndarray) -> tuple[int, int, int]:
     """Where a decoder stands after writing `written` (no stop among them): cells so far in the
     current row, rows done, and the first row's width (0 until it ends)."""
-    row_ends = np.flatnonzero(np.asarray(written) == TOKEN_ROW_END)
-    if not len(row_ends):
-        return len(written), 0, 0
-    return len(written) - int(row_ends[-1]) - 1, len(row_ends), int(row_ends[0])
+    written = np.asarray(written, np.int64)
+    col, row = _row_places(np.append(written, TOKEN_END))        # the place of the next token
+    row_ends = np.flatnonzero(written == TOKEN_ROW_END)
+    return int(col[-1]), int(row[-1]), int(row_ends[0]) if len(row_ends) else 0
 
 
 @torch.no_grad()
@@ -2617,10 +2626,7 @@ def greedy_decode(model: SequenceStudent, prompts: Sequence[TokenSequence],
             going = [i for i, d in enumerate(results) if len(d.tokens) == first and writing_stops(d.tokens) is None]
             if going and first < max_new_tokens:
                 bar.set_description(f"decode, {len(going)} answers past {first} tokens")
-                longer = [TokenSequence(np.concatenate([prompts[i].tokens, results[i].tokens]),
-                                        np.concatenate([prompts[i].positions, output_positions(results[i].tokens)]),
-                                        np.zeros(len(prompts[i].tokens) + first, bool), prompts[i].task,
-                                        prompts[i].dihedral) for i in going]
+                longer = [continued_prompt(prompts[i], results[i].tokens) for i in going]
                 rest = _decode_stage(model, longer, max_new_tokens - first, cache_tokens,
                                      [writing_state(results[i].tokens) for i in going], None)
                 for i, d in zip(going, rest):
@@ -2658,13 +2664,7 @@ def greedy_decode_uncached(model: SequenceStudent, prompts: Sequence[TokenSequen
     active = list(range(len(prompts)))
     try:
         while active:
-            sequences = []
-            for i in active:
-                p, new = prompts[i], np.array(written[i], np.int64)
-                sequences.append(TokenSequence(np.concatenate([p.tokens, new]),
-                                               np.concatenate([p.positions, output_positions(new)]),
-                                               np.zeros(len(p.tokens) + len(new), bool), p.task, p.dihedral))
-            batch = pack_sequences(sequences, device)
+            batch = pack_sequences([continued_prompt(prompts[i], written[i]) for i in active], device)
             with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(batch).logits[torch.tensor(batch.bounds[1:], device=device) - 1]
             logp = F.log_softmax(logits.float(), -1).cpu()
