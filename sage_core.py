@@ -108,16 +108,17 @@ __all__ = [
     "teacher_options", "load_teacher",
     # 10. Evaluation and scoring
     "score_predictions", "answered_tasks", "scoring_note", "copy_baseline", "vote",
-    "voted_predictions", "CANDIDATE_RANKINGS", "voted_decodings", "score_voted", "submission",
-    "evaluate_checkpoint", "score_checkpoint", "decode_versions", "Evaluation", "training_teacher",
-    "evaluate_run", "score_table", "pair_scores", "SIZE_BINS", "accuracy_by_size",
-    "difference_grid", "gallery_pairs", "plot_prediction_gallery", "plot_accuracy_by_size",
-    "plot_inspection", "SEED_TARGETS", "measure_speed", "speed_batches", "speed_profile",
-    "compiled_speed", "student_speed", "decoding_speed", "speed_comparison", "speed_table",
-    "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment", "block_attention",
-    "attention_rollout", "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE",
-    "attention_similarity", "plot_attention_similarity", "evaluation_label", "evaluation_metrics",
-    "evaluation_report", "write_evaluation",
+    "voted_predictions", "CANDIDATE_RANKINGS", "voted_decodings", "pass_at_2_by_versions",
+    "score_voted", "submission", "evaluate_checkpoint", "score_checkpoint", "decode_versions",
+    "Evaluation", "training_teacher", "evaluate_run", "score_table", "pair_scores", "SIZE_BINS",
+    "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
+    "plot_accuracy_by_size", "plot_decoding", "plot_inspection", "SEED_TARGETS", "measure_speed",
+    "speed_batches", "speed_profile", "compiled_speed", "student_speed", "decoding_speed",
+    "speed_comparison", "speed_table", "speed_ratios", "plot_speed", "feature_alignment",
+    "plot_alignment", "block_attention", "attention_rollout", "cell_attention_maps",
+    "map_correlations", "ATTENTION_UNAVAILABLE", "attention_similarity",
+    "plot_attention_similarity", "evaluation_label", "evaluation_metrics", "evaluation_report",
+    "write_evaluation",
     # 11. Configuration and runs
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
     "parameters_source", "config_params", "environment_record", "Run", "run_test_scores",
@@ -2597,7 +2598,8 @@ FIRST_STAGE_TOKENS = 256
 @torch.no_grad()
 def greedy_decode(model: SequenceStudent, prompts: Sequence[TokenSequence],
                   max_new_tokens: int = MAX_NEW_TOKENS, cache_tokens: int | None = None,
-                  progress: bool = False, first_stage: int = FIRST_STAGE_TOKENS) -> list[Decoded]:
+                  progress: bool = False, first_stage: int = FIRST_STAGE_TOKENS,
+                  groups: list[dict[str, Any]] | None = None) -> list[Decoded]:
     """Write every prompt's output greedily with a KV cache (bf16 autocast on CUDA), in groups
     of similar prompt length whose cache fits cache_tokens slots (decode_cache_tokens).
 
@@ -2612,7 +2614,9 @@ def greedy_decode(model: SequenceStudent, prompts: Sequence[TokenSequence],
     Two stages: every prompt writes up to `first_stage` tokens; those still writing then go on,
     their prompt and what they wrote prefilled again as one prompt, into regions sized for the
     rest (in bf16 the prefill's sums differ from the step-by-step ones in the last bits, so a
-    near-tie may resolve otherwise; in float32 both equal greedy_decode_uncached)."""
+    near-tie may resolve otherwise; in float32 both equal greedy_decode_uncached).
+
+    `groups`, if given, gets one record per group decoded (_decode_stage): where the time goes."""
     from tqdm.auto import tqdm
     device = model.head.weight.device
     was_training = model.training
@@ -2622,13 +2626,13 @@ def greedy_decode(model: SequenceStudent, prompts: Sequence[TokenSequence],
     try:
         with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"), \
                 tqdm(total=len(prompts), desc="decode", unit="prompt", disable=not progress) as bar:
-            results = _decode_stage(model, prompts, first, cache_tokens, None, bar)
+            results = _decode_stage(model, prompts, first, cache_tokens, None, bar, groups, 1)
             going = [i for i, d in enumerate(results) if len(d.tokens) == first and writing_stops(d.tokens) is None]
             if going and first < max_new_tokens:
                 bar.set_description(f"decode, {len(going)} answers past {first} tokens")
                 longer = [continued_prompt(prompts[i], results[i].tokens) for i in going]
                 rest = _decode_stage(model, longer, max_new_tokens - first, cache_tokens,
-                                     [writing_state(results[i].tokens) for i in going], None)
+                                     [writing_state(results[i].tokens) for i in going], None, groups, 2)
                 for i, d in zip(going, rest):
                     results[i] = Decoded(np.concatenate([results[i].tokens, d.tokens]), results[i].logprob + d.logprob)
     finally:
@@ -2637,14 +2641,22 @@ def greedy_decode(model: SequenceStudent, prompts: Sequence[TokenSequence],
 
 
 def _decode_stage(model: SequenceStudent, prompts: Sequence[TokenSequence], max_new_tokens: int, cache_tokens: int,
-                  states: Sequence[tuple[int, int, int]] | None, bar) -> list[Decoded]:
-    """Every prompt through _decode_group, in groups by prompt length that fit cache_tokens."""
+                  states: Sequence[tuple[int, int, int]] | None, bar, groups: list[dict[str, Any]] | None,
+                  stage: int) -> list[Decoded]:
+    """Every prompt through _decode_group, in groups by prompt length that fit cache_tokens;
+    `groups` gets each group's stage, sequences, longest prompt, steps (its longest writing)
+    and seconds (_decode_group ends by reading the device, so they are the group's own)."""
     results: list[Decoded] = [None] * len(prompts)   # type: ignore[list-item]
-    for group in decode_batches(np.array([len(p.tokens) for p in prompts]), max_new_tokens, cache_tokens):
+    lengths = np.array([len(p.tokens) for p in prompts])
+    for group in decode_batches(lengths, max_new_tokens, cache_tokens):
+        started = time.perf_counter()
         written = _decode_group(model, [prompts[i] for i in group], max_new_tokens,
                                 None if states is None else [states[i] for i in group])
         for i, d in zip(group, written):
             results[i] = d
+        if groups is not None:
+            groups.append({"stage": stage, "sequences": len(group), "longest_prompt": int(lengths[group].max()),
+                           "steps": max(len(d.tokens) for d in written), "seconds": time.perf_counter() - started})
         if bar is not None:
             bar.update(len(group))
     return results
@@ -4547,6 +4559,20 @@ def voted_decodings(split: Split, examples: Sequence[Example], versions: Sequenc
     return out
 
 
+def pass_at_2_by_versions(split: Split, examples: Sequence[Example], versions: Sequence[Sequence[Augmentation]],
+                          decoded: Sequence[Sequence[Decoded]], counts: Sequence[int] = (1, 2, 4, 8, 16, 32, 64)
+                          ) -> dict[str, float]:
+    """pass@2 by votes had each test input been written in only its first n versions (the
+    identity and the next of its pool, a random draw), for each n of `counts` below the largest
+    pool and for all: what decoding fewer versions (time in proportion) would cost. -> {n: pass@2}"""
+    most = max(len(v) for v in versions)
+    out = {}
+    for n in [c for c in counts if c < most] + [most]:
+        records = voted_decodings(split, examples, [v[:n] for v in versions], [d[:n] for d in decoded])
+        out[str(n)] = score_voted(records, split)["pass@2"]
+    return out
+
+
 def score_voted(records: Sequence[dict[str, Any]], split: Split) -> dict[str, float]:
     """pass@1 / pass@2 (a task counts only if every one of its test inputs is right), exact
     grids and pixel accuracy of the first attempt, over voted records. Records of test inputs
@@ -4592,21 +4618,24 @@ def evaluate_checkpoint(path: str | os.PathLike, split: Split, part: str = "test
 
 
 def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
-                     store: FeatureStore | None = None, name: str = "the checkpoint"
+                     store: FeatureStore | None = None, name: str = "the checkpoint", versions: int = 0
                      ) -> tuple[dict[str, float], list[dict[str, Any]], list[list[Augmentation]]]:
     """evaluate_checkpoint on a loaded checkpoint `ck` (named `name` in errors); also returns,
     per record, the versions its candidates come from (the grid student's are its task's, the
-    sequence student's its pair's pool)."""
+    sequence student's its pair's pool, its first `versions` only if > 0: decode_versions).
+    The sequence student's scores also hold pass_at_2_by_versions and the decoding's groups."""
     cfg = checkpoint_config(ck)
     scfg = cfg["student"]
     if scfg.student == "sequence":
-        pools, decoded, seconds = decode_versions(ck, split, part, device, name)
+        pools, decoded, seconds, groups = decode_versions(ck, split, part, device, name, versions=versions)
         ranked = {rank_by: voted_decodings(split, pools.examples, pools.versions, decoded, rank_by)
                   for rank_by in CANDIDATE_RANKINGS}   # the same writings ranked each way, side by side
         scores = {**score_voted(ranked["votes"], split), "decode_seconds": seconds}
         for rank_by, records in ranked.items():
             scored = score_voted(records, split)
             scores.update({f"{k} by {rank_by}": scored[k] for k in ("pass@1", "pass@2")})
+        scores["pass@2 by versions"] = pass_at_2_by_versions(split, pools.examples, pools.versions, decoded)
+        scores["decode_groups"] = groups
         return scores, ranked["votes"], pools.versions
     features = scfg.student == "features"
     versions = task_versions(split.tasks, 1 if features else cfg["data"].augmentations, cfg["run"].seed)
@@ -4624,19 +4653,23 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
 
 
 def decode_versions(ck: dict[str, Any], split: Split, part: str, device: str, name: str = "the checkpoint",
-                    progress: bool = True) -> tuple["VersionPools", list[list[Decoded]], float]:
+                    progress: bool = True, versions: int = 0
+                    ) -> tuple["VersionPools", list[list[Decoded]], float, list[dict[str, Any]]]:
     """The sequence student of a loaded checkpoint writes every version of every split.<part>
-    input (its pools as prompts: outputs never read), greedily (greedy_decode). -> (the pools;
-    per example, what each of its versions wrote; the seconds decoding took)"""
+    input (its pools as prompts: outputs never read; only the first `versions` of each pool
+    if > 0), greedily (greedy_decode). -> (the pools; per example, what each of its versions
+    wrote; the seconds decoding took; its groups as greedy_decode records them)"""
     cfg = checkpoint_config(ck)
     if list(task_rows(split.tasks)) != ck["meta"]["version_ids"]:
         raise ValueError(f"{name} was trained on other tasks than this split's")
-    pools = version_pools(split, part, cfg["data"].augmentations, cfg["run"].seed, prompts=True)
+    pool_size = min(versions or cfg["data"].augmentations, cfg["data"].augmentations)
+    pools = version_pools(split, part, pool_size, cfg["run"].seed, prompts=True)
     model = student_from_checkpoint(ck, device)
-    started = time.perf_counter()
-    decoded = greedy_decode(model, [pools.sequence(r) for r in range(len(pools.pair))], progress=progress)
+    started, groups = time.perf_counter(), []
+    decoded = greedy_decode(model, [pools.sequence(r) for r in range(len(pools.pair))], progress=progress,
+                            groups=groups)
     by_pair = [decoded[int(pools.start[p]):int(pools.start[p + 1])] for p in range(len(pools.examples))]
-    return pools, by_pair, time.perf_counter() - started
+    return pools, by_pair, time.perf_counter() - started, groups
 
 
 # --- 10b. A trained run on its held-out pairs: its scores, per pair and by size ---
@@ -4837,6 +4870,33 @@ def plot_accuracy_by_size(by_size: Sequence[dict[str, Any]], title: str):
     ax.set_ylim(0, 1.12)
     ax.legend(fontsize=7, loc="lower left")
     ax.set_title(title, fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_decoding(scores: dict[str, Any], title: str):
+    """The sequence student's decoding (score_checkpoint's records): pass@2 had each test input
+    been written in only its first n versions, and where the decoding's time went, group by
+    group (sequences, steps, seconds; stage 2 continues answers longer than the first). -> Figure"""
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    counts = {int(n): v for n, v in scores["pass@2 by versions"].items()}
+    left.plot(list(counts), [100 * v for v in counts.values()], "o-", color="#0074D9")
+    left.set_xscale("log", base=2)
+    left.set_xticks(list(counts), [str(n) for n in counts])
+    left.set_xlabel("versions written per test input (the first n of each pool)")
+    left.set_ylabel("pass@2 by votes (%)")
+    left.grid(alpha=0.3)
+    groups = scores["decode_groups"]
+    x = np.arange(len(groups))
+    right.bar(x, [g["seconds"] for g in groups], color=["#2ECC40" if g["stage"] == 1 else "#FF851B" for g in groups])
+    for xi, g in zip(x, groups):
+        right.text(xi, g["seconds"], f"{g['sequences']}\n{g['steps']}", ha="center", va="bottom", fontsize=6)
+    right.set_xticks(x, [f"{g['longest_prompt']}" for g in groups], fontsize=6)
+    right.set_xlabel("group: longest prompt (tokens); green stage 1, orange stage 2")
+    right.set_ylabel("seconds (labels: sequences, steps)")
+    right.set_ylim(0, 1.25 * max([g["seconds"] for g in groups] + [1e-9]))
+    fig.suptitle(f"{title}; decoding took {scores['decode_seconds']:.0f} s", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -6128,6 +6188,8 @@ def command_parser() -> argparse.ArgumentParser:
     c.add_argument("--run-dir", required=True)
     c.add_argument("--checkpoint", default="best.pt", help="file under the run's checkpoints/")
     c.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    c.add_argument("--versions", type=int, default=0,
+                   help="sequence student: write and vote over each test input's first N versions (0: all)")
     v = sub.add_parser("evaluate", help="notebook 06 on a run folder with checkpoints/best.pt: "
                                         "scores, speed, alignment, report.md")
     v.add_argument("--run-dir", required=True)
@@ -6209,16 +6271,18 @@ def _command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def score_run(run_dir: Path, checkpoint: str | os.PathLike, device: str) -> dict[str, Any]:
+def score_run(run_dir: Path, checkpoint: str | os.PathLike, device: str, versions: int = 0) -> dict[str, Any]:
     """A trained checkpoint on the evaluation tasks' test inputs, on the split rebuilt from its
     own config: the scores beside the copy baseline, with the seconds they took, and the voted
-    attempts as predictions.json in run_dir. -> the scores"""
+    attempts as predictions.json in run_dir (a sequence student: over each input's first
+    `versions` versions if > 0). -> the scores"""
     started = time.perf_counter()
     device = resolve_device(device)
     ck = load_checkpoint(checkpoint, device)
     cfg = checkpoint_config(ck)
     split = config_split(cfg["data"], cfg["run"].seed)
-    scores, records, _ = score_checkpoint(ck, split, "test", device, training_store(cfg, run_dir), str(checkpoint))
+    scores, records, _ = score_checkpoint(ck, split, "test", device, training_store(cfg, run_dir), str(checkpoint),
+                                          versions)
     _write_json(run_dir / "predictions.json", submission(records), indent=None)
     return {**scores, "copy_baseline": copy_baseline(split, "test"), "seconds": time.perf_counter() - started}
 
@@ -6226,7 +6290,7 @@ def score_run(run_dir: Path, checkpoint: str | os.PathLike, device: str) -> dict
 def _command_score(args: argparse.Namespace) -> int:
     """A trained run's best checkpoint on the evaluation tasks: test_scores.json, predictions.json."""
     run_dir = Path(args.run_dir)
-    scores = score_run(run_dir, run_dir / "checkpoints" / args.checkpoint, args.device)
+    scores = score_run(run_dir, run_dir / "checkpoints" / args.checkpoint, args.device, args.versions)
     _write_json(run_dir / "test_scores.json", scores)
     print(json.dumps(scores))
     return 0

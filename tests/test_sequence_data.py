@@ -268,3 +268,13 @@ def test_records_score_and_submit_unchanged():
     assert sc.submission(records)["t"][0]["attempt_2"] == ANSWER.tolist()
     with pytest.raises(ValueError):            # one decoded output per version
         sc.voted_decodings(split, split.test, [VERSIONS], [decoded])
+
+
+def test_pass_at_2_by_versions_votes_over_each_prefix_of_the_versions():
+    # The first two versions write two wrong grids; the last two the answer: fewer versions miss it.
+    split = one_task()
+    wrong = np.array([[6, 6]], np.uint8)
+    decoded = ([written(VERSIONS[0].apply(OTHER)), written(VERSIONS[1].apply(wrong))]
+               + [written(a.apply(ANSWER)) for a in VERSIONS[2:]])
+    by_versions = sc.pass_at_2_by_versions(split, split.test, [VERSIONS], [decoded], counts=(1, 2, 8))
+    assert by_versions == {"1": 0.0, "2": 0.0, "4": 1.0}           # counts beyond the pool: all of it

@@ -101,10 +101,18 @@ def test_evaluation_writes_every_test_input_and_votes(split, tmp_path):
     assert len(records) == len(split.test) and scores["predicted_grids"] == len(split.test)
     assert scores["decode_seconds"] > 0 and scores["pass@2 by votes"] == scores["pass@2"]
     assert {"pass@2 by logprob", "pass@2 by probability"} <= set(scores)
+    assert scores["pass@2 by versions"]["3"] == scores["pass@2"] and set(scores["pass@2 by versions"]) == {"1", "2", "3"}
+    first_stage = [g for g in scores["decode_groups"] if g["stage"] == 1]
+    assert sum(g["sequences"] for g in first_stage) == sum(len(r["candidates"]) for r in records)
     assert all(1 <= len(r["candidates"]) <= 3 and 1 <= len(r["attempts"]) <= 2 for r in records)   # <= 3 versions
     entry = sc.submission(records)
     assert sorted(entry) == sorted({e.task_id for e in split.test})
     json.dumps(entry, default=int)
+    pools = sc.version_pools(split, "test", 3, prompts=True)
+    _, capped, _ = sc.score_checkpoint(sc.load_checkpoint(tmp_path / "checkpoints" / "best.pt"), split, "test", "cpu",
+                                       versions=1)
+    assert [len(r["candidates"]) for r in capped] == [1] * len(split.test)
+    assert [v[:1] for v in pools.versions] == sc.version_pools(split, "test", 1, prompts=True).versions
 
 
 def test_teacher_terms_without_a_sequence_teacher_are_refused_before_any_work(split, tmp_path):
