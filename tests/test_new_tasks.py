@@ -277,3 +277,56 @@ def test_smoke_pipeline_predicts_the_same_without_the_evaluation_answers(smoke_r
     for fig in (sc.plot_inspection(ev, 0, 1, difference=True), sc.plot_inspection(ev, 0, None, difference=True),
                 sc.plot_prediction_gallery(ev.records, ev.split, [0], "a pair without an answer")):
         plt.close(fig)
+
+
+# --- (d) a model's answers to the test inputs as training pairs (self-training) ---------------
+
+def guesses_for(tasks):
+    """A predictions file's entries: each test input's answer guessed as its input recoloured (no truth)."""
+    return {t.id: [{"attempt_1": ((p.input + 1) % 10).tolist(), "attempt_2": p.input.tolist()} for p in t.test]
+            for t in tasks}
+
+
+def test_guessed_answers_join_training_and_the_true_outputs_are_never_read(tmp_path, originals, arc1_training):
+    path = write_prize(tmp_path, originals, solutions=False)          # test outputs unknown
+    (tmp_path / "predictions.json").write_text(json.dumps(guesses_for(originals[:3])))
+    evaluation = sc.with_guesses(sc.load_arc(str(path)), tmp_path / "predictions.json")
+    split = sc.make_split(arc1_training.subset(2), evaluation)
+    guessed = [ex for ex in split.train if ex.kind == "guessed"]
+    assert [(ex.task_id, ex.index) for ex in guessed] == [(t.id, i) for t in originals[:3] for i in range(len(t.test))]
+    for ex in guessed:
+        pair, test = split.pair(ex), split.tasks[ex.task_id].test[ex.index]
+        np.testing.assert_array_equal(pair.input, test.input)
+        np.testing.assert_array_equal(pair.output, (test.input + 1) % 10)
+    assert all(ex.kind != "test" for ex in split.train)                # the test pairs stay out
+    assert [ex.task_id for ex in split.test] == [t.id for t in originals for _ in t.test]
+
+
+def test_the_config_names_the_predictions_to_self_train_on(tmp_path, arc1_evaluation):
+    first = [arc1_evaluation.tasks[i] for i in sorted(arc1_evaluation.tasks)[:2]]
+    (tmp_path / "predictions.json").write_text(json.dumps(guesses_for(first)))
+    cfg = sc.build_config("smoke", max_tasks=2, self_train=str(tmp_path / "predictions.json"))
+    split = sc.config_split(cfg["data"])
+    assert sorted({ex.task_id for ex in split.train if ex.kind == "guessed"}) == [t.id for t in first]
+    pools = sc.version_pools(split, "train", 2)
+    assert sum(ex.kind == "guessed" for ex in pools.examples) == sum(len(t.test) for t in first)
+
+
+@pytest.mark.parametrize("case", ["unknown task", "count", "bad grid", "no attempt"])
+def test_a_bad_predictions_file_names_file_task_and_pair(tmp_path, originals, case):
+    entries = guesses_for(originals[:1])
+    tid = originals[0].id
+    if case == "unknown task":
+        entries["ffffffff"] = entries.pop(tid)
+    elif case == "count":
+        entries[tid] = entries[tid] * 2
+    elif case == "bad grid":
+        entries[tid][0]["attempt_1"] = [[1, 2], [3]]
+    else:
+        entries[tid][0] = {"attempt_2": [[1]]}
+    path = tmp_path / "predictions.json"
+    path.write_text(json.dumps(entries))
+    with pytest.raises(sc.TaskError) as err:
+        sc.with_guesses(sc.ArcData("eval", {t.id: t for t in originals}), path)
+    assert err.value.file == str(path) and err.value.task == ("ffffffff" if case == "unknown task" else tid)
+    assert err.value.pair == ("test[0]" if case in ("bad grid", "no attempt") else "-")
