@@ -3784,18 +3784,22 @@ class SequenceStep(TrainingStep):
     """The sequence student's step: next-token cross-entropy on the output part of every packed
     sequence; with a teacher (a trained sequence student, run on the same batch without
     gradients) also the feature loss on the pooled vectors and the per-token distillation on
-    the scored tokens. The teacher is held outside the module tree: never trained, saved or
+    the scored tokens; or, given stored pooled features of each sequence's pair (another
+    teacher's, e.g. the stand-in's), the feature loss on those. The teacher is held outside the module tree: never trained, saved or
     wrapped by DDP."""
 
     def __init__(self, model: torch.nn.Module, loss: "DistillLoss", teacher: torch.nn.Module | None = None):
         super().__init__(model, loss)
         self.teacher = [teacher]
 
-    def forward(self, batch: PackedBatch):
+    def forward(self, batch: PackedBatch, teacher_pooled: torch.Tensor | None = None):
         c = self.loss.cfg
         out = self.model(batch)
         parts = {"task": sequence_loss(out.logits, batch)}
         total = c.w_task * parts["task"]
+        if teacher_pooled is not None:   # stored features of each sequence's pair (another teacher)
+            parts.update(self.loss.feature_parts(out.pooled, teacher_pooled))
+            total = total + c.w_feat * parts["feat"]
         if self.teacher[0] is not None:
             with torch.no_grad():
                 taught = self.teacher[0](batch)
@@ -3845,7 +3849,7 @@ def training_data(cfg: dict[str, Any], split: Split, store: "FeatureStore | None
     device, with the teacher targets the configured loss needs (refused without a store)."""
     dc, sc_, lc = cfg["data"], cfg["student"], cfg["loss"]
     if sc_.student == "sequence":
-        return sequence_training_data(cfg, split, device)
+        return sequence_training_data(cfg, split, device, store)
     features = sc_.student == "features"
     # The teacher saw each pair once, in its original orientation; its tokens cannot follow an
     # augmentation, so the features student trains on the original pairs only.
@@ -3872,29 +3876,39 @@ def training_data(cfg: dict[str, Any], split: Split, store: "FeatureStore | None
                         train_bank.versions)
 
 
-def sequence_training_data(cfg: dict[str, Any], split: Split, device: str = "cpu") -> TrainingData:
+def sequence_training_data(cfg: dict[str, Any], split: Split, device: str = "cpu",
+                           store: "FeatureStore | None" = None) -> TrainingData:
     """The sequence student's data: every training pair with its pool of up to `augmentations`
     versions (an epoch takes each pair once, in one version), the validation pairs in their
-    identity version, one task-embedding row per task, and the teacher its loss needs
-    (sequence_teacher), checked before any work."""
+    identity version, one task-embedding row per task, and the teacher its loss needs, checked
+    before any work: a sequence teacher run online (sequence_teacher), or another teacher's
+    pooled features of each pair from `store` (its original orientation serves every version)."""
     dc, seed = cfg["data"], cfg["run"].seed
     teacher = sequence_teacher(cfg, split, device)
-    return TrainingData({}, list(task_rows(split.tasks)), version_pools(split, "train", dc.augmentations, seed),
-                        version_pools(split, "val", 1, seed), None, None, dc.augmentations, teacher)
+    train = version_pools(split, "train", dc.augmentations, seed)
+    pooled = None
+    if cfg["loss"].w_feat and cfg["teacher"].teacher != "sage":
+        if store is None:
+            raise StoreMismatch(f"w_feat > 0 with teacher={cfg['teacher'].teacher!r} needs its feature store")
+        pooled = store.load(train.examples).to(device).float()
+    return TrainingData({}, list(task_rows(split.tasks)), train, version_pools(split, "val", 1, seed), pooled, None,
+                        dc.augmentations, teacher)
 
 
 def sequence_teacher(cfg: dict[str, Any], split: Split, device: str) -> SequenceStudent | None:
-    """The teacher of a sequence student whose loss has teacher terms (w_feat, w_kd > 0): a
-    trained sequence student (teacher=sage, teacher_path its checkpoint) on the same tasks,
-    frozen, in eval mode; None without teacher terms. Stored features of other teachers are not
-    wired for this student: refused, as is a checkpoint of another student or other tasks."""
+    """The teacher of a sequence student whose loss has teacher terms (w_feat, w_kd > 0) with
+    teacher=sage: a trained sequence student (teacher_path its checkpoint) on the same tasks,
+    frozen, in eval mode. None without teacher terms, or for another teacher's stored pooled
+    features (w_feat alone; sequence_training_data reads them). Per-token distillation needs
+    a sequence teacher: w_kd with another is refused, as is a checkpoint of another student or
+    other tasks."""
     lc, tc = cfg["loss"], cfg["teacher"]
-    if not (lc.w_feat or lc.w_kd):
+    if not (lc.w_kd or (lc.w_feat and tc.teacher == "sage")):
         return None
     if tc.teacher != "sage" or not Path(tc.teacher_path).is_file():
-        raise ValueError("the sequence student learns from a trained sequence student, online: set teacher=sage "
-                         "and teacher_path to its checkpoint (stored features of other teachers are not wired for "
-                         f"it); got teacher={tc.teacher!r}, teacher_path={tc.teacher_path!r}")
+        raise ValueError("per-token distillation (w_kd) of the sequence student needs a trained sequence student "
+                         "as teacher, online: set teacher=sage and teacher_path to its checkpoint; got "
+                         f"teacher={tc.teacher!r}, teacher_path={tc.teacher_path!r}")
     ck = load_checkpoint(tc.teacher_path, device)
     if checkpoint_config(ck)["student"].student != "sequence" or ck["meta"]["version_ids"] != list(task_rows(split.tasks)):
         raise ValueError(f"{tc.teacher_path} is not a sequence student trained on this split's tasks")
@@ -4133,8 +4147,9 @@ def _forward(run: TrainingRun, rows: torch.Tensor, mine: torch.Tensor):
     data, autocast = run.data, torch.autocast("cuda", torch.bfloat16, enabled=run.device.startswith("cuda"))
     if isinstance(data.train, VersionPools):   # the sequence student: its rows packed end to end on the host
         batch = pack_rows(data.train, mine, run.device)
+        pooled = data.teacher_pooled[data.train.pair[mine]] if data.teacher_pooled is not None else None
         with autocast:
-            out, parts = run.step_fn(batch)
+            out, parts = run.step_fn(batch, pooled)
         return out.logits, batch, parts, sequence_flops(run.model, batch) * len(rows) / len(mine)
     mine = mine.to(run.device)
     inputs, target = batch_inputs(data.train, mine)
@@ -5758,10 +5773,13 @@ def store_path(cfg: dict[str, Any], run_dir: str | os.PathLike) -> Path:
 
 def training_store(cfg: dict[str, Any], run_dir: str | os.PathLike) -> FeatureStore | None:
     """The feature store a training run reads, checked against the configured teacher; None
-    when it needs no stored targets (grid student with w_feat = w_kd = 0, sequence student)."""
-    loss = cfg["loss"]
-    if cfg["student"].student == "sequence" or (cfg["student"].student != "features" and not (loss.w_feat or loss.w_kd)):
-        return None   # the sequence student's teacher runs online (sequence_teacher)
+    when it needs no stored targets (grid student with w_feat = w_kd = 0, a sequence student
+    without w_feat or with a sequence teacher, which runs online: sequence_teacher)."""
+    loss, student = cfg["loss"], cfg["student"].student
+    if student == "sequence" and (cfg["teacher"].teacher == "sage" or not loss.w_feat):
+        return None
+    if student == "grid" and not (loss.w_feat or loss.w_kd):
+        return None
     return FeatureStore(store_path(cfg, run_dir)).check(cfg["teacher"].teacher)
 
 

@@ -116,8 +116,10 @@ def test_evaluation_writes_every_test_input_and_votes(split, tmp_path):
 
 
 def test_teacher_terms_without_a_sequence_teacher_are_refused_before_any_work(split, tmp_path):
-    with pytest.raises(ValueError, match="learns from a trained sequence student"):
-        sc.train(config(w_feat=0.5), split, tmp_path / "a", progress=False)             # the stand-in
+    with pytest.raises(ValueError, match="per-token distillation"):
+        sc.train(config(w_kd=0.5), split, tmp_path / "a", progress=False)               # the stand-in
+    with pytest.raises(sc.StoreMismatch, match="needs its feature store"):
+        sc.train(config(w_feat=0.5), split, tmp_path / "a", progress=False)
     grid = tmp_path / "grid"
     sc.train(sc.build_config("smoke", device="cpu", max_tasks=3, max_steps=1, w_feat=0.0, seconds_budget=0.0),
              split, grid, progress=False)
@@ -159,6 +161,19 @@ def test_a_sequence_student_trains_against_a_sequence_teacher(split, tmp_path):
     ck = sc.load_checkpoint(out["checkpoint"])
     assert ck["meta"]["teacher_checkpoint"] == path and ck["loss"]["project.weight"].shape == (32, 16)
     assert sc.training_teacher(ck["meta"], tmp_path) == f"a trained SAGE sequence student, online ({path})"
+
+
+def test_a_sequence_student_aligns_with_stored_features_of_another_teacher(tiny, split, tmp_path):
+    sc.build_feature_store(tiny, split, tmp_path / "store", batch_size=4, progress=False)
+    store = sc.FeatureStore(tmp_path / "store").check("standin")
+    cfg = config(max_steps=3, w_feat=0.5, teacher="standin", teacher_preset="tiny")
+    run = sc.setup_training(cfg, split, tmp_path / "run", store, progress=False)
+    want = store.load(run.data.train.examples).float()
+    torch.testing.assert_close(run.data.teacher_pooled, want)           # one vector per pair, every version
+    out = sc.train(cfg, split, tmp_path / "run2", store, progress=False)
+    logged = sc.read_metrics(tmp_path / "run2")["train"]
+    assert logged and all(np.isfinite(r["feat"]) and r["feat"] > 0 and "kd" not in r for r in logged)
+    assert sc.load_checkpoint(out["checkpoint"])["loss"]["project.weight"].shape == (64, 32)   # student 32 -> 64
 
 
 @pytest.mark.parametrize("adjust", ["original", "match_rms_adamw"])
