@@ -6284,11 +6284,12 @@ def _command_extract(args: argparse.Namespace) -> int:
         request = json.loads(Path(args.config).read_text())
         cfg = build_config(request["profile"], **request["params"])
     else:
-        cfg = build_config(args.profile, device=args.device, batch_size=args.batch_size,
-                           train_set=args.train_set, eval_set=args.eval_set, max_tasks=args.max_tasks,
-                           teacher=args.teacher, teacher_path=args.teacher_path, gpus=args.gpus,
-                           teacher_preset=args.teacher_preset, store_tokens=args.store_tokens,
-                           **parse_overrides(args.set))
+        options = dict(device=args.device, batch_size=args.batch_size, train_set=args.train_set,
+                       eval_set=args.eval_set, max_tasks=args.max_tasks, teacher=args.teacher,
+                       teacher_path=args.teacher_path, gpus=args.gpus, teacher_preset=args.teacher_preset,
+                       store_tokens=args.store_tokens)
+        given = {k: v for k, v in options.items() if v is not None}   # an option given wins over --set
+        cfg = build_config(args.profile, **{**parse_overrides(args.set), **given})
     if cfg["run"].gpus > 1 and distributed_rank()[1] == 1:
         manifest = torchrun("extract", cfg, args.store)
     else:

@@ -35,3 +35,34 @@ def test_study_rows_carry_their_teacher_terms(tmp_path):
         assert "pass@2" in json.loads((tmp_path / name / "train_summary.json").read_text())["test"]
     with pytest.raises(subprocess.CalledProcessError):
         stage("e", tmp_path)
+
+
+def sequence_stage(name, root):
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "PRESET": "tiny", "BUDGET": "2",
+           "TEACHER_BUDGET": "3", "GRID_PROFILE": "smoke", "EXTRA": "max_tasks=3 augmentations=3",
+           "TEACHER": "width=32 depth=2 heads=4", "STUDENT": "width=16 depth=2 heads=2"}
+    subprocess.run(["bash", str(ROOT / "scripts" / "sequence_study.sh"), name, str(root)], cwd=ROOT, env=env,
+                   check=True, capture_output=True)
+    return root / name
+
+
+def test_sequence_study_rows_carry_their_teacher_terms_and_self_training(tmp_path):
+    for name in ("teacher", "standin-store"):
+        sequence_stage(name, tmp_path)
+    answers = tmp_path / "teacher" / "predictions.json"
+    assert json.loads(answers.read_text())                              # the teacher's voted answers
+    rows = {name: config(sequence_stage(name, tmp_path)) for name in ("a1", "b2", "c1", "d", "e1")}
+    teacher_path = str(tmp_path / "teacher" / "checkpoints" / "best.pt")
+    assert rows["a1"]["loss"]["w_kd"] == rows["a1"]["loss"]["w_feat"] == 0 and rows["a1"]["run"]["seed"] == 1
+    for name in ("b2", "c1"):
+        r = rows[name]
+        assert (r["teacher"]["teacher"], r["teacher"]["teacher_path"], r["loss"]["w_kd"]) == ("sage", teacher_path, 1.0)
+    assert rows["b2"]["run"]["seed"] == 2 and rows["b2"]["data"]["self_train"] == ""
+    assert rows["c1"]["data"]["self_train"] == rows["d"]["data"]["self_train"] == str(answers)
+    assert rows["d"]["student"]["student"] == "grid" and rows["d"]["loss"]["w_kd"] == 0
+    assert (rows["e1"]["teacher"]["teacher"], rows["e1"]["loss"]["w_feat"]) == ("standin", 0.5)
+    small = {k: rows["a1"]["student"][k] for k in ("width", "depth", "heads")}
+    assert small == {"width": 16, "depth": 2, "heads": 2}
+    assert all({k: rows[n]["student"][k] for k in small} == small for n in ("b2", "c1", "e1"))
+    for name in rows:
+        assert "pass@2" in json.loads((tmp_path / name / "train_summary.json").read_text())["test"]
