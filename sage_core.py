@@ -3785,8 +3785,8 @@ class SequenceStep(TrainingStep):
     sequence; with a teacher (a trained sequence student, run on the same batch without
     gradients) also the feature loss on the pooled vectors and the per-token distillation on
     the scored tokens; or, given stored pooled features of each sequence's pair (another
-    teacher's, e.g. the stand-in's), the feature loss on those. The teacher is held outside the module tree: never trained, saved or
-    wrapped by DDP."""
+    teacher's, e.g. the stand-in's), the feature loss on those. The teacher is held outside
+    the module tree: never trained, saved or wrapped by DDP."""
 
     def __init__(self, model: torch.nn.Module, loss: "DistillLoss", teacher: torch.nn.Module | None = None):
         super().__init__(model, loss)
@@ -6335,8 +6335,8 @@ def score_run(run_dir: Path, checkpoint: str | os.PathLike, device: str, version
     ck = load_checkpoint(checkpoint, device)
     cfg = checkpoint_config(ck)
     split = config_split(cfg["data"], cfg["run"].seed)
-    scores, records, _ = score_checkpoint(ck, split, "test", device, training_store(cfg, run_dir), str(checkpoint),
-                                          versions)
+    store = training_store(cfg, run_dir) if cfg["student"].student == "features" else None   # its input
+    scores, records, _ = score_checkpoint(ck, split, "test", device, store, str(checkpoint), versions)
     _write_json(run_dir / "predictions.json", submission(records), indent=None)
     return {**scores, "copy_baseline": copy_baseline(split, "test"), "seconds": time.perf_counter() - started}
 
