@@ -114,11 +114,11 @@ __all__ = [
     "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
     "plot_accuracy_by_size", "plot_decoding", "plot_inspection", "SEED_TARGETS", "measure_speed",
     "speed_batches", "speed_profile", "compiled_speed", "student_speed", "decoding_speed",
-    "speed_comparison", "speed_table", "speed_ratios", "plot_speed", "feature_alignment",
-    "plot_alignment", "block_attention", "attention_rollout", "cell_attention_maps",
-    "map_correlations", "ATTENTION_UNAVAILABLE", "attention_similarity",
-    "plot_attention_similarity", "evaluation_label", "evaluation_metrics", "evaluation_report",
-    "write_evaluation",
+    "trained_student_speed", "teacher_speed", "cost_table", "speed_comparison", "speed_table",
+    "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment", "block_attention",
+    "attention_rollout", "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE",
+    "attention_similarity", "plot_attention_similarity", "evaluation_label", "evaluation_metrics",
+    "evaluation_report", "write_evaluation",
     # 11. Configuration and runs
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
     "parameters_source", "config_params", "environment_record", "Run", "run_test_scores",
@@ -5116,6 +5116,65 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def trained_student_speed(ck: dict[str, Any], split: Split, device: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A checkpoint's student timed as it is used: the grid student on the median canvas of the
+    split's evaluation tasks and on 30x30 (on CUDA also compiled, as it would be served), the
+    sequence student writing the evaluation tasks' answers (decoding_speed). -> (its rows, the
+    row as served: the grid student compiled on its median canvas on CUDA, eager on the CPU)"""
+    student = student_from_checkpoint(ck, device)
+    rows = []
+    if isinstance(student, SequenceStudent):
+        task = task_rows(split.tasks)
+        prompts = [pair_sequence(split.pair(e), task=task[e.task_id], prompt=True) for e in split.test]
+        rows.append({"model": "sequence student (whole answers written, greedy)", "parameters": _n_params(student),
+                     **decoding_speed(student, prompts, device)})
+    else:
+        tasks = sorted({e.task_id for e in split.test})
+        sides = sorted(canvas_side(split.tasks[t], student.cfg.canvas_bucket) for t in tasks)
+        for side in dict.fromkeys((sides[len(sides) // 2], MAX_GRID)):
+            s = student_speed(student, device, side)
+            name = f"grid student ({side}x{side} canvas)"
+            rows.append({"model": name, "parameters": _n_params(student), **{k: v for k, v in s.items() if k != "compiled"}})
+            if "compiled" in s:
+                rows.append({"model": f"{name}, compiled", "parameters": _n_params(student), **s["compiled"]})
+    del student
+    _release(device)
+    return rows, rows[1] if device.startswith("cuda") and len(rows) > 1 else rows[0]
+
+
+def teacher_speed(teacher: "Teacher", split: Split, device: str) -> dict[str, Any]:
+    """A teacher's feature extraction on observations of the split's evaluation test inputs (at
+    its own input shape): speed_profile's figures, named and with its parameters."""
+    timing = dict(repeats=5, warmup=3) if device.startswith("cuda") else dict(repeats=2, warmup=1)
+    queries = (split.test * 64)[:64]
+    t = speed_profile(teacher.extract, lambda b: (make_observations(split.tasks, queries[:b]),),
+                      speed_batches("teacher", device), device, **timing)
+    return {"model": f"teacher: {teacher_label(teacher.describe())}", "parameters": teacher.n_params, **t}
+
+
+def cost_table(checkpoints: Sequence[str | os.PathLike], device: str = "auto", preset: str = "full") -> dict[str, Any]:
+    """The distillation study's cost table, one process, one device: each checkpoint's student
+    as served (trained_student_speed, named by its run folder) and the GR00T-shaped stand-in at
+    its original input shape (`preset`), each with its ratios to the stand-in: parameters,
+    ms per example at batch 1, examples/s at the best batch of each. The split (and so the
+    test inputs timed) is the first checkpoint's."""
+    device = resolve_device(device)
+    rows, split = [], None
+    for path in map(Path, checkpoints):
+        ck = load_checkpoint(path, device)
+        cfg = checkpoint_config(ck)
+        split = split or config_split(cfg["data"], cfg["run"].seed)
+        _, served = trained_student_speed(ck, split, device)
+        rows.append({**served, "model": f"{path.parent.parent.name}: {served['model']}"})
+    standin = teacher_speed(load_teacher("standin", device, preset=preset), split, device)
+    _release(device)
+    for r in rows + [standin]:
+        r.update({"stand-in / it, parameters": standin["parameters"] / r["parameters"],
+                  "stand-in / it, ms at batch 1": standin["ms_batch1"] / r["ms_batch1"],
+                  "it / stand-in, examples/s at best batch": r["best_examples_per_s"] / standin["best_examples_per_s"]})
+    return {"device": device, "rows": rows + [standin]}
+
+
 def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
     """The trained student (the grid student on the median canvas of the evaluation tasks and on
     30x30; the sequence student writing the evaluation tasks' answers), the run's teacher, and a
@@ -5127,28 +5186,7 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
     features student is measured beside its teacher and its time includes the teacher's."""
     device = resolve_device(device)
     cuda = device.startswith("cuda")
-    timing = dict(repeats=5, warmup=3) if cuda else dict(repeats=2, warmup=1)
-    student = student_from_checkpoint(ev.loaded, device)
-    rows = []
-    if isinstance(student, SequenceStudent):
-        task = task_rows(ev.split.tasks)
-        prompts = [pair_sequence(ev.split.pair(e), task=task[e.task_id], prompt=True) for e in ev.split.test]
-        rows.append({"model": "sequence student (whole answers written, greedy)", "parameters": _n_params(student),
-                     **decoding_speed(student, prompts, device)})
-    else:
-        tasks = sorted({e.task_id for e in ev.split.test})
-        sides = sorted(canvas_side(ev.split.tasks[t], student.cfg.canvas_bucket) for t in tasks)
-        for side in dict.fromkeys((sides[len(sides) // 2], MAX_GRID)):
-            s = student_speed(student, device, side)   # on CUDA also compiled, as it would be served
-            name = f"grid student ({side}x{side} canvas)"
-            rows.append({"model": name, "parameters": _n_params(student), **{k: v for k, v in s.items() if k != "compiled"}})
-            if "compiled" in s:
-                rows.append({"model": f"{name}, compiled", "parameters": _n_params(student), **s["compiled"]})
-    # The ratios take the student as served: the grid student compiled on CUDA (on its median
-    # canvas), eager on the CPU; the sequence student as it decodes.
-    student_row = rows[1] if cuda and len(rows) > 1 else rows[0]
-    del student
-    _release(device)
+    rows, student_row = trained_student_speed(ev.loaded, ev.split, device)
     tcfg = ev.config["teacher"]
     if tcfg.teacher == "groot":
         return {"device": device, "rows": rows, "teacher": None, "ratios": [],
@@ -5156,13 +5194,9 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
                         "this process; `extract` records its seconds per example in the feature "
                         "store's manifest."}
     teacher = load_teacher(tcfg.teacher, device, **teacher_options(tcfg))
-    label = teacher_label(teacher.describe())
-    queries = (ev.split.test * 64)[:64]
-    t = speed_profile(teacher.extract, lambda b: (make_observations(ev.split.tasks, queries[:b]),),
-                      speed_batches("teacher", device), device, **timing)
-    teacher_row = {"model": f"teacher: {label}", "parameters": teacher.n_params, **t}
-    rows.append(teacher_row)
-    _, n_tokens, dim = teacher.extract(make_observations(ev.split.tasks, queries[:1])).features.shape
+    t, label = teacher_speed(teacher, ev.split, device), teacher_label(teacher.describe())
+    rows.append(t)
+    _, n_tokens, dim = teacher.extract(make_observations(ev.split.tasks, ev.split.test[:1])).features.shape
     fcfg = dataclasses.replace(ev.config["student"], student="features")
     feat = build_student(fcfg, teacher_dim=dim, max_tokens=n_tokens)
     f = student_speed(feat, device, n_tokens=n_tokens, compiled=False)
@@ -5175,7 +5209,7 @@ def speed_comparison(ev: Evaluation, device: str = "auto") -> dict[str, Any]:
                  "peak_mib_best_batch": peak("peak_mib_best_batch")})
     del teacher, feat
     _release(device)
-    return {"device": device, "rows": rows, "teacher": label, "ratios": speed_ratios(student_row, teacher_row)}
+    return {"device": device, "rows": rows, "teacher": label, "ratios": speed_ratios(student_row, t)}
 
 
 def speed_table(speed: dict[str, Any]) -> list[dict[str, Any]]:
@@ -6257,6 +6291,11 @@ def command_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("curve", help="pass@2 against training minutes of evaluated run folders, beside mdlARC's")
     u.add_argument("--out", required=True, help="the figure's file, e.g. figures/budget_curve.png")
     u.add_argument("run_dirs", nargs="+")
+    k = sub.add_parser("cost", help="the distillation study's cost table: trained students and the stand-in, one device")
+    k.add_argument("--out", required=True, help="its JSON record, e.g. runs/study/cost.json")
+    k.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    k.add_argument("--preset", default="full", help="the stand-in's size: full (GR00T N1.5's shapes) | tiny")
+    k.add_argument("checkpoints", nargs="+", help="checkpoint files, e.g. runs/study/a1/checkpoints/best.pt")
     w = sub.add_parser("sweep", help="train and evaluate variants side by side, one GPU each; print the table")
     w.add_argument("--runs-root", required=True, help="one folder per variant is made under it")
     w.add_argument("--profile", default="default", choices=sorted(PROFILES))
@@ -6400,6 +6439,16 @@ def _command_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_cost(args: argparse.Namespace) -> int:
+    """cost_table of checkpoints: printed as a table and written as JSON with its environment."""
+    table = cost_table(args.checkpoints, args.device, args.preset)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    _write_json(Path(args.out), {**table, "environment": environment_record(table["device"])})
+    print(markdown_table([{k: v for k, v in r.items() if k != "peak_mib_best_batch"} for r in table["rows"]], digits=3))
+    print(f"written to {args.out}")
+    return 0
+
+
 def _command_bench(args: argparse.Namespace) -> int:
     """Speed figures, printed and written to benchmarks/results/."""
     unknown = set(args.names) - set(BENCHMARKS)
@@ -6411,7 +6460,8 @@ def _command_bench(args: argparse.Namespace) -> int:
 
 COMMANDS = {"pipeline": _command_pipeline, "extract": _command_extract, "train": _command_train,
             "score": _command_score, "evaluate": _command_evaluate, "publish": _command_publish,
-            "sweep": _command_sweep, "table": _command_table, "curve": _command_curve, "bench": _command_bench}
+            "sweep": _command_sweep, "table": _command_table, "curve": _command_curve, "cost": _command_cost,
+            "bench": _command_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

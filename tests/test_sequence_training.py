@@ -284,3 +284,19 @@ def test_normuon_and_the_attention_decay_reach_their_groups():
     assert decay_of["token.weight"] == decay_of["dihedral.weight"] == decay_of["task.weight"] == 0.0
     assert decay_of["head.weight"] == 0.1
     assert all(g["row_beta"] == 0.95 and g["adjust_lr_fn"] == "original" for g in muon.param_groups)
+
+
+def test_the_cost_table_times_each_student_as_served_against_the_stand_in(split, tmp_path):
+    sc.train(config(max_steps=2), split, tmp_path / "seq", progress=False)
+    sc.train(sc.build_config("smoke", device="cpu", max_tasks=3, max_steps=1, w_feat=0.0, seconds_budget=0.0),
+             split, tmp_path / "grid", progress=False)
+    out = tmp_path / "study" / "cost.json"
+    assert sc.main(["cost", "--out", str(out), "--device", "cpu", "--preset", "tiny",
+                    str(tmp_path / "seq" / "checkpoints" / "best.pt"), str(tmp_path / "grid" / "checkpoints" / "best.pt")]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"].split(" (")[0] for r in rows] == ["seq: sequence student", "grid: grid student", "teacher: standin"]
+    standin = rows[-1]
+    assert standin["stand-in / it, ms at batch 1"] == standin["it / stand-in, examples/s at best batch"] == 1.0
+    for r in rows[:2]:
+        assert r["ms_batch1"] > 0 and r["stand-in / it, parameters"] == pytest.approx(standin["parameters"] / r["parameters"])
+        assert r["stand-in / it, ms at batch 1"] == pytest.approx(standin["ms_batch1"] / r["ms_batch1"])
