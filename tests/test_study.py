@@ -66,3 +66,6 @@ def test_sequence_study_rows_carry_their_teacher_terms_and_self_training(tmp_pat
     assert all({k: rows[n]["student"][k] for k in small} == small for n in ("b2", "c1", "e1"))
     for name in rows:
         assert "pass@2" in json.loads((tmp_path / name / "train_summary.json").read_text())["test"]
+    sequence_stage("cost", tmp_path)
+    costs = json.loads((tmp_path / "cost.json").read_text())["rows"]
+    assert [r["model"].split(":")[0] for r in costs] == ["a1", "b2", "c1", "d", "e1", "teacher", "teacher"]
