@@ -1876,6 +1876,7 @@ class StudentConfig(ConfigBase):
     canvas_bucket: int = 5         # canvas side rounded up to a multiple of this
     decoder_hidden: int = 1664     # features student: hidden width of its 3-layer grid decoder
     dropout: float = 0.1           # sequence student: dropout on embeddings, attention output and MLP (mdlARC's 0.1)
+    kv_heads: int = 0              # sequence student: key/value heads, each shared by heads / kv_heads query heads; 0: heads
 
 
 def canvas_side(task: Task, bucket: int = 5) -> int:
@@ -2246,6 +2247,19 @@ def _varlen_causal_options() -> dict[str, Any]:
     return _VARLEN_CAUSAL
 
 
+_VARLEN_GQA: dict[str, bool] = {}
+
+
+def _varlen_takes_grouped_heads() -> bool:
+    """Whether varlen_attn takes keys and values with fewer heads than the queries (its
+    enable_gqa, torch 2.13); read once, like _varlen_causal_options."""
+    if not _VARLEN_GQA:
+        import inspect
+        from torch.nn.attention.varlen import varlen_attn
+        _VARLEN_GQA["gqa"] = "enable_gqa" in inspect.signature(varlen_attn).parameters
+    return _VARLEN_GQA["gqa"]
+
+
 def attention_bounds(batch: PackedBatch) -> tuple[torch.Tensor, int]:
     """cu_seqlens and the longest sequence as attention takes them: a padding tail joins the last
     sequence (causal attention keeps every real token blind to it; it carries no loss)."""
@@ -2260,8 +2274,8 @@ def attention_bounds(batch: PackedBatch) -> tuple[torch.Tensor, int]:
 def _attention_by_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """One causal SDPA per sequence: exact on any device, cost by sequence."""
     bounds = cu_seqlens.tolist()
-    return torch.cat([F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)),
-                                                     is_causal=True).transpose(0, 1)
+    return torch.cat([F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)), is_causal=True,
+                                                     enable_gqa=k.shape[1] != q.shape[1]).transpose(0, 1)
                       for a, b in zip(bounds[:-1], bounds[1:])])
 
 
@@ -2282,7 +2296,13 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     there. CUDA in float32 (which FlashAttention lacks) takes the CPU's path."""
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         from torch.nn.attention.varlen import varlen_attn
-        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **_varlen_causal_options())
+        options = _varlen_causal_options()
+        if k.shape[1] != q.shape[1]:           # grouped keys and values (kv_heads)
+            if _varlen_takes_grouped_heads():
+                options = {**options, "enable_gqa": True}
+            else:                              # an older varlen_attn: each group's heads repeated
+                k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], 1) for t in (k, v))
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **options)
     return _attention_by_sequence(q, k, v, cu_seqlens)
 
 
@@ -2295,14 +2315,22 @@ class DecoderBlock(EncoderBlock):
     (compile): compiling forward whole recompiles at every call, and after torch's limit of 8
     runs eagerly, which held training near 13% MFU on an H200 (2026-12-02)."""
 
-    def __init__(self, width: int, heads: int, dropout: float = 0.0):
+    def __init__(self, width: int, heads: int, dropout: float = 0.0, kv_heads: int = 0):
         super().__init__(width, heads)
         self.dropout = dropout
+        self.kv_heads = kv_heads or heads
+        if heads % self.kv_heads:
+            raise ValueError(f"heads {heads} is not a multiple of kv_heads {self.kv_heads}")
+        if self.kv_heads != heads:   # grouped keys and values: a smaller projection and decoding cache
+            self.qkv = torch.nn.Linear(width, width + 2 * self.kv_heads * (width // heads), bias=False)
 
     def queries_keys_values(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """(T, C) -> q, k, v (T, heads, head dim), q and k turned by their positions' angles."""
+        """(T, C) -> q (T, heads, head dim), k and v (T, kv_heads, head dim), q and k turned by
+        their positions' angles."""
         T, C = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(T, 3, self.heads, C // self.heads).unbind(1)
+        hs = C // self.heads
+        q, k, v = self.qkv(self.norm1(x)).split([C, self.kv_heads * hs, self.kv_heads * hs], -1)
+        q, k, v = q.view(T, self.heads, hs), k.view(T, self.kv_heads, hs), v.view(T, self.kv_heads, hs)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def after_attention(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -2343,7 +2371,7 @@ class SequenceStudent(torch.nn.Module):
         self.task = torch.nn.Embedding(n_task_ids, w)
         self.dihedral = torch.nn.Embedding(8, w)
         self.rotary = Rotary3D(w // cfg.heads)
-        self.blocks = torch.nn.ModuleList(DecoderBlock(w, cfg.heads, cfg.dropout) for _ in range(cfg.depth))
+        self.blocks = torch.nn.ModuleList(DecoderBlock(w, cfg.heads, cfg.dropout, cfg.kv_heads) for _ in range(cfg.depth))
         self.norm = RMSNorm(w)
         self.head = torch.nn.Linear(w, SEQUENCE_VOCAB, bias=False)
         for p in self.parameters():           # GPT-2's initialisation; residual outputs scaled by depth
@@ -2396,7 +2424,7 @@ class SequenceStudent(torch.nn.Module):
         `whole` (TrainConfig compile="whole"), the packed trunk as one graph for training and
         validation: one host call instead of three per block, fusions across blocks."""
         if any(p.is_cuda for p in self.parameters()):
-            _varlen_causal_options()      # resolved eagerly: compiled code only reads it
+            _varlen_causal_options(), _varlen_takes_grouped_heads()   # resolved eagerly: compiled code only reads them
         for block in self.blocks:
             block.compile(**options)
         if whole:
@@ -2483,7 +2511,8 @@ class DecodeCache:
         n = self.longest + 1
         mask = torch.arange(n, device=q.device) < used[:, None]
         return F.scaled_dot_product_attention(q[:, :, None], keys[:, :n].transpose(1, 2), values[:, :n].transpose(1, 2),
-                                              attn_mask=mask[:, None, None])[:, :, 0]
+                                              attn_mask=mask[:, None, None],
+                                              enable_gqa=keys.shape[2] != q.shape[1])[:, :, 0]
 
     def advance(self) -> None:
         """After every layer has taken the step's token."""

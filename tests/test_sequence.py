@@ -191,6 +191,25 @@ def test_the_packed_forward_equals_each_sequence_alone():
     assert packed.logits.shape == (100, sc.SEQUENCE_VOCAB) and packed.pooled.shape == (3, 32)
 
 
+def test_grouped_keys_and_values_equal_full_heads_that_repeat_them():
+    """kv_heads=2 of 4 heads: each key/value head serves two query heads, exactly as a model
+    with four key/value heads whose pairs of heads hold the same weights."""
+    grouped, full, rng = model(kv_heads=2), model(seed=1), np.random.default_rng(8)
+    hs, C = 8, 32
+    assert grouped.blocks[0].qkv.weight.shape == (C + 2 * 2 * hs, C)
+    state = grouped.state_dict()
+    for i, block in enumerate(grouped.blocks):
+        q, k, v = block.qkv.weight.detach().split([C, 2 * hs, 2 * hs])
+        repeat = lambda w: w.view(2, hs, C).repeat_interleave(2, 0).reshape(4 * hs, C)  # noqa: E731
+        state[f"blocks.{i}.qkv.weight"] = torch.cat([q, repeat(k), repeat(v)])
+    full.load_state_dict(state)
+    seqs = [sc.tokenize_pair(grid(rng, h, w), grid(rng, w, h), task=t) for h, w, t in [(3, 4, 0), (2, 2, 1)]]
+    batch = sc.pack_sequences(seqs)
+    torch.testing.assert_close(grouped(batch).logits, full(batch).logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="not a multiple of kv_heads"):
+        model(kv_heads=3)
+
+
 def test_the_task_and_dihedral_vectors_change_the_output_and_learn():
     m, rng = model(), np.random.default_rng(5)
     s = sc.tokenize_pair(grid(rng, 2, 2), grid(rng, 2, 2))
@@ -220,11 +239,13 @@ def test_writing_stops_where_no_grid_can_follow(tokens, kept):
     assert (None if stop is None else stop + 1) == kept
 
 
-@pytest.mark.parametrize("cache_tokens, first_stage", [(None, 256), (60, 256), (None, 7), (60, 5)])
-def test_cached_greedy_decoding_equals_full_forwards(cache_tokens, first_stage):
+@pytest.mark.parametrize("cache_tokens, first_stage, kv_heads", [(None, 256, 0), (60, 256, 0), (None, 7, 0), (60, 5, 0),
+                                                                (60, 5, 2), (None, 256, 1)])
+def test_cached_greedy_decoding_equals_full_forwards(cache_tokens, first_stage, kv_heads):
     """One group or groups of one or two prompts; in one stage, or in two whose second continues
-    from prompts that end inside a row (first_stage 7, 5) with that row's place and width."""
-    m, rng = model(seed=1), np.random.default_rng(6)
+    from prompts that end inside a row (first_stage 7, 5) with that row's place and width; with
+    every head's own keys and values, or grouped (kv_heads 2, 1)."""
+    m, rng = model(seed=1, kv_heads=kv_heads), np.random.default_rng(6)
     with torch.no_grad():   # a random model that writes rows (positions move), some to the cap
         m.head.weight[[X, S, E]] = 0
         m.head.weight[R] *= 5

@@ -40,7 +40,7 @@ def test_an_epoch_takes_every_training_pair_once_in_one_version(split, tmp_path)
     assert sorted(run.data.train.pair[rows].tolist()) == list(range(len(split.train)))
 
 
-@pytest.mark.parametrize("recipe", [{}, {"optimizer": "muon", "decay": "wsd"}, {"optimizer": "normuon"}])
+@pytest.mark.parametrize("recipe", [{}, {"optimizer": "muon", "decay": "wsd"}, {"optimizer": "normuon", "kv_heads": 2}])
 def test_resume_continues_bit_exactly_with_dropout(split, tmp_path, recipe):
     n = 3
     sc.train(config(max_steps=2 * n, epochs=5, **recipe), split, tmp_path / "straight", progress=False)
