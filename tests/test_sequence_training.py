@@ -104,6 +104,10 @@ def test_evaluation_writes_every_test_input_and_votes(split, tmp_path):
     assert scores["pass@2 by versions"]["3"] == scores["pass@2"] and set(scores["pass@2 by versions"]) == {"1", "2", "3"}
     first_stage = [g for g in scores["decode_groups"] if g["stage"] == 1]
     assert sum(g["sequences"] for g in first_stage) == sum(len(r["candidates"]) for r in records)
+    import matplotlib.pyplot as plt
+    fig = sc.plot_decoding(scores, "toy run")
+    assert len(fig.axes) == 2 and len(fig.axes[1].patches) == len(scores["decode_groups"])   # a bar per group
+    plt.close(fig)
     assert all(1 <= len(r["candidates"]) <= 3 and 1 <= len(r["attempts"]) <= 2 for r in records)   # <= 3 versions
     entry = sc.submission(records)
     assert sorted(entry) == sorted({e.task_id for e in split.test})
