@@ -4965,6 +4965,7 @@ def plot_decoding(scores: dict[str, Any], title: str):
     left.set_xticks(list(counts), [str(n) for n in counts])
     left.set_xlabel("versions written per test input (the first n of each pool)")
     left.set_ylabel("pass@2 by votes (%)")
+    left.set_ylim(0, max([1.0] + [110 * v for v in counts.values()]))
     left.grid(alpha=0.3)
     groups = scores["decode_groups"]
     x = np.arange(len(groups))
@@ -4975,7 +4976,7 @@ def plot_decoding(scores: dict[str, Any], title: str):
     right.set_xlabel("group: longest prompt (tokens); green stage 1, orange stage 2")
     right.set_ylabel("seconds (labels: sequences, steps)")
     right.set_ylim(0, 1.25 * max([g["seconds"] for g in groups] + [1e-9]))
-    fig.suptitle(f"{title}; decoding took {scores['decode_seconds']:.0f} s", fontsize=8)
+    fig.suptitle(f"{title}; decoding took {scores['decode_seconds']:.1f} s", fontsize=8)
     fig.tight_layout()
     return fig
 
