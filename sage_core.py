@@ -41,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
@@ -109,16 +110,17 @@ __all__ = [
     # 10. Evaluation and scoring
     "score_predictions", "answered_tasks", "scoring_note", "copy_baseline", "vote",
     "voted_predictions", "CANDIDATE_RANKINGS", "voted_decodings", "pass_at_2_by_versions",
-    "score_voted", "submission", "evaluate_checkpoint", "score_checkpoint", "decode_versions",
-    "Evaluation", "training_teacher", "evaluate_run", "score_table", "pair_scores", "SIZE_BINS",
-    "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
-    "plot_accuracy_by_size", "plot_decoding", "plot_inspection", "SEED_TARGETS", "measure_speed",
-    "speed_batches", "speed_profile", "compiled_speed", "student_speed", "decoding_speed",
-    "trained_student_speed", "teacher_speed", "cost_table", "speed_comparison", "speed_table",
-    "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment", "block_attention",
-    "attention_rollout", "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE",
-    "attention_similarity", "plot_attention_similarity", "evaluation_label", "evaluation_metrics",
-    "evaluation_report", "write_evaluation",
+    "pass_at_2_stopping_early", "score_voted", "submission", "evaluate_checkpoint",
+    "score_checkpoint", "decode_versions", "Evaluation", "training_teacher", "evaluate_run",
+    "score_table", "pair_scores", "SIZE_BINS", "accuracy_by_size", "difference_grid",
+    "gallery_pairs", "plot_prediction_gallery", "plot_accuracy_by_size", "plot_decoding",
+    "plot_inspection", "SEED_TARGETS", "measure_speed", "speed_batches", "speed_profile",
+    "compiled_speed", "student_speed", "decoding_speed", "trained_student_speed", "teacher_speed",
+    "cost_table", "speed_comparison", "speed_table", "speed_ratios", "plot_speed",
+    "feature_alignment", "plot_alignment", "block_attention", "attention_rollout",
+    "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE", "attention_similarity",
+    "plot_attention_similarity", "evaluation_label", "evaluation_metrics", "evaluation_report",
+    "write_evaluation",
     # 11. Configuration and runs
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
     "parameters_source", "config_params", "environment_record", "Run", "run_test_scores",
@@ -4638,6 +4640,13 @@ def voted_decodings(split: Split, examples: Sequence[Example], versions: Sequenc
     return out
 
 
+def _pass_at_2_of_prefixes(split: Split, examples: Sequence[Example], versions: Sequence[Sequence[Augmentation]],
+                           decoded: Sequence[Sequence[Decoded]], written: Sequence[int]) -> float:
+    """pass@2 by votes had test input i been written in only its first written[i] versions."""
+    return score_voted(voted_decodings(split, examples, [v[:n] for v, n in zip(versions, written)],
+                                       [d[:n] for d, n in zip(decoded, written)]), split)["pass@2"]
+
+
 def pass_at_2_by_versions(split: Split, examples: Sequence[Example], versions: Sequence[Sequence[Augmentation]],
                           decoded: Sequence[Sequence[Decoded]], counts: Sequence[int] = (1, 2, 4, 8, 16, 32, 64)
                           ) -> dict[str, float]:
@@ -4645,10 +4654,29 @@ def pass_at_2_by_versions(split: Split, examples: Sequence[Example], versions: S
     identity and the next of its pool, a random draw), for each n of `counts` below the largest
     pool and for all: what decoding fewer versions (time in proportion) would cost. -> {n: pass@2}"""
     most = max(len(v) for v in versions)
+    return {str(n): _pass_at_2_of_prefixes(split, examples, versions, decoded, [n] * len(versions))
+            for n in [c for c in counts if c < most] + [most]}
+
+
+def pass_at_2_stopping_early(split: Split, examples: Sequence[Example], versions: Sequence[Sequence[Augmentation]],
+                             decoded: Sequence[Sequence[Decoded]], agree: Sequence[int] = (3, 5, 8),
+                             step: int = 8) -> dict[str, dict[str, float]]:
+    """Writing versions in rounds of `step` and stopping a test input once one grid holds
+    `agree` votes: for each agree, pass@2 by votes and the share of all versions it would have
+    written (time in proportion), from the same decoding. -> {agree: {pass@2, share written}}"""
+    keys = [[_grid_key(c) if c.size else None for c in r["candidates"]]
+            for r in voted_decodings(split, examples, versions, decoded)]
+    total = sum(len(v) for v in versions)
     out = {}
-    for n in [c for c in counts if c < most] + [most]:
-        records = voted_decodings(split, examples, [v[:n] for v in versions], [d[:n] for d in decoded])
-        out[str(n)] = score_voted(records, split)["pass@2"]
+    for k in agree:
+        written = []
+        for row in keys:
+            n = min(step, len(row))
+            while n < len(row) and max(Counter(x for x in row[:n] if x is not None).values(), default=0) < k:
+                n = min(n + step, len(row))
+            written.append(n)
+        out[str(k)] = {"pass@2": _pass_at_2_of_prefixes(split, examples, versions, decoded, written),
+                       "share written": sum(written) / total}
     return out
 
 
@@ -4702,7 +4730,8 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
     """evaluate_checkpoint on a loaded checkpoint `ck` (named `name` in errors); also returns,
     per record, the versions its candidates come from (the grid student's are its task's, the
     sequence student's its pair's pool, its first `versions` only if > 0: decode_versions).
-    The sequence student's scores also hold pass_at_2_by_versions and the decoding's groups."""
+    The sequence student's scores also hold pass_at_2_by_versions, pass_at_2_stopping_early and
+    the decoding's groups."""
     cfg = checkpoint_config(ck)
     scfg = cfg["student"]
     if scfg.student == "sequence":
@@ -4714,6 +4743,7 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
             scored = score_voted(records, split)
             scores.update({f"{k} by {rank_by}": scored[k] for k in ("pass@1", "pass@2")})
         scores["pass@2 by versions"] = pass_at_2_by_versions(split, pools.examples, pools.versions, decoded)
+        scores["pass@2 stopping early"] = pass_at_2_stopping_early(split, pools.examples, pools.versions, decoded)
         scores["decode_groups"] = groups
         return scores, ranked["votes"], pools.versions
     features = scfg.student == "features"
@@ -4961,9 +4991,15 @@ def plot_decoding(scores: dict[str, Any], title: str):
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
     counts = {int(n): v for n, v in scores["pass@2 by versions"].items()}
     left.plot(list(counts), [100 * v for v in counts.values()], "o-", color="#0074D9")
+    for agree, stop in scores.get("pass@2 stopping early", {}).items():
+        mean = stop["share written"] * max(counts)   # the pools' sizes as the largest n (a few are shorter)
+        left.plot(mean, 100 * stop["pass@2"], "s", color="#FF851B")
+        left.annotate(f"stop at {agree} votes", (mean, 100 * stop["pass@2"]), (4, -10), textcoords="offset points",
+                      fontsize=6)
     left.set_xscale("log", base=2)
     left.set_xticks(list(counts), [str(n) for n in counts])
-    left.set_xlabel("versions written per test input (the first n of each pool)")
+    left.set_xlabel("versions written per test input: the first n of its pool\n"
+                    "(squares: in rounds of 8, stopping once a grid has k votes; the mean)", fontsize=8)
     left.set_ylabel("pass@2 by votes (%)")
     left.set_ylim(0, max([1.0] + [110 * v for v in counts.values()]))
     left.grid(alpha=0.3)

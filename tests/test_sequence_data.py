@@ -278,3 +278,16 @@ def test_pass_at_2_by_versions_votes_over_each_prefix_of_the_versions():
                + [written(a.apply(ANSWER)) for a in VERSIONS[2:]])
     by_versions = sc.pass_at_2_by_versions(split, split.test, [VERSIONS], [decoded], counts=(1, 2, 8))
     assert by_versions == {"1": 0.0, "2": 0.0, "4": 1.0}           # counts beyond the pool: all of it
+
+
+def test_stopping_early_writes_versions_in_rounds_until_a_grid_has_enough_votes():
+    # Two test inputs of one task, eight versions each: the first agrees at once, the second
+    # writes a wrong grid in its first round and the answer only later.
+    task = sc.Task("t", (sc.Pair(QUERY, ANSWER),), (sc.Pair(QUERY, ANSWER), sc.Pair(QUERY, ANSWER)))
+    split = sc.Split("protocol", {"t": task}, [], [], [sc.Example("t", "test", 0), sc.Example("t", "test", 1)])
+    versions = [VERSIONS * 2, VERSIONS * 2]
+    sure = [written(a.apply(ANSWER)) for a in versions[0]]
+    late = [written(a.apply(OTHER)) for a in versions[1][:2]] + [written(a.apply(ANSWER)) for a in versions[1][2:]]
+    stats = sc.pass_at_2_stopping_early(split, split.test, versions, [sure, late], agree=(2, 3), step=2)
+    assert stats["2"] == {"pass@2": 0.0, "share written": 4 / 16}   # OTHER agrees first in the second
+    assert stats["3"] == {"pass@2": 1.0, "share written": (4 + 6) / 16}
