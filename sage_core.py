@@ -84,11 +84,11 @@ __all__ = [
     "TOKEN_SEPARATOR", "TOKEN_END", "SEQUENCE_VOCAB", "MAX_NEW_TOKENS", "TokenSequence",
     "tokenize_pair", "pair_sequence", "output_positions", "continued_prompt", "tokens_to_grid",
     "rotary_split", "Rotary3D", "apply_rotary", "PackedBatch", "pack_sequences", "sequence_loss",
-    "attention_bounds", "packed_attention", "DecoderBlock", "SequenceOutput", "SequenceStudent",
-    "DecodeCache", "Decoded", "writing_stops", "decode_batches", "decode_cache_tokens",
-    "writing_state", "FIRST_STAGE_TOKENS", "greedy_decode", "greedy_decode_uncached",
-    "build_student", "parameter_table", "student_inputs", "input_description", "inference_fn",
-    "plot_data_flow", "SEED_PARAMETERS",
+    "attention_bounds", "static_bounds", "packed_attention", "DecoderBlock", "SequenceOutput",
+    "SequenceStudent", "DecodeCache", "Decoded", "writing_stops", "decode_batches",
+    "decode_cache_tokens", "writing_state", "FIRST_STAGE_TOKENS", "greedy_decode",
+    "greedy_decode_uncached", "build_student", "parameter_table", "student_inputs",
+    "input_description", "inference_fn", "plot_data_flow", "SEED_PARAMETERS",
     # 8. Losses
     "LossConfig", "DistillLoss", "loss_checks", "loss_sweep", "plot_loss_sweep",
     # 9. Training
@@ -2272,13 +2272,33 @@ def attention_bounds(batch: PackedBatch) -> tuple[torch.Tensor, int]:
     return cu, max(batch.max_len, len(batch.tokens) - batch.bounds[-2])
 
 
+# CUDA-graph replay (compile="graphs") wants few distinct shapes: a training batch's stream is
+# padded to a multiple of GRAPH_TOKENS, its sequences to a multiple of GRAPH_SLOTS (empty ones),
+# and attention is told GRAPH_MAX_LEN as the longest (the longest pair is 1,863 tokens).
+GRAPH_TOKENS, GRAPH_SLOTS, GRAPH_MAX_LEN = 1024, 32, 2048
+
+
+def static_bounds(batch: PackedBatch) -> tuple[torch.Tensor, int]:
+    """attention_bounds in few shapes, for replayed graphs: the padding tail as sequences of its
+    own (at most GRAPH_MAX_LEN tokens each; no real token sees them), then empty sequences up
+    to a multiple of GRAPH_SLOTS; GRAPH_MAX_LEN as the longest (an upper bound is all the
+    kernels need)."""
+    if batch.max_len > GRAPH_MAX_LEN:
+        raise ValueError(f"a sequence of {batch.max_len} tokens is longer than GRAPH_MAX_LEN ({GRAPH_MAX_LEN})")
+    total, end = len(batch.tokens), batch.bounds[-1]
+    bounds = [*batch.bounds, *range(end + GRAPH_MAX_LEN, total, GRAPH_MAX_LEN)]
+    bounds += [total] * (bounds[-1] < total)
+    bounds += [total] * (-(len(bounds) - 1) % GRAPH_SLOTS)
+    return torch.tensor(bounds, dtype=torch.int32, device=batch.tokens.device), GRAPH_MAX_LEN
+
+
 @torch.compiler.disable
 def _attention_by_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """One causal SDPA per sequence: exact on any device, cost by sequence."""
+    """One causal SDPA per sequence (empty ones skipped): exact on any device, cost by sequence."""
     bounds = cu_seqlens.tolist()
     return torch.cat([F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)), is_causal=True,
                                                      enable_gqa=k.shape[1] != q.shape[1]).transpose(0, 1)
-                      for a, b in zip(bounds[:-1], bounds[1:])])
+                      for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -2376,6 +2396,7 @@ class SequenceStudent(torch.nn.Module):
         self.blocks = torch.nn.ModuleList(DecoderBlock(w, cfg.heads, cfg.dropout, cfg.kv_heads) for _ in range(cfg.depth))
         self.norm = RMSNorm(w)
         self.head = torch.nn.Linear(w, SEQUENCE_VOCAB, bias=False)
+        self.graphed = False                  # training runs the packed trunk as CUDA graphs (compile)
         for p in self.parameters():           # GPT-2's initialisation; residual outputs scaled by depth
             if p.dim() == 2:
                 torch.nn.init.normal_(p, std=0.02)
@@ -2392,12 +2413,14 @@ class SequenceStudent(torch.nn.Module):
         output part: separator, output cells and row ends, end); keep_kv also returns every
         layer's keys and values (decoding's prefill)."""
         kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-        cu, longest = attention_bounds(batch)
+        graphed = self.graphed and self.training and not keep_kv
+        cu, longest = static_bounds(batch) if graphed else attention_bounds(batch)
         if keep_kv:
             z = self.trunk(batch.tokens, batch.positions, batch.task, batch.dihedral,
                            lambda q, k, v: kv.append((k, v)) or packed_attention(q, k, v, cu, longest))
         else:
-            z = self.packed(batch.tokens, batch.positions, batch.task, batch.dihedral, cu, longest)
+            trunk = self.graphed_trunk if graphed else self.packed
+            z = trunk(batch.tokens, batch.positions, batch.task, batch.dihedral, cu, longest)
         n = batch.n_sequences
         weight = (batch.positions[:, 2] >= 2).float()
         sums = z.new_zeros(n + 1, z.shape[1], dtype=torch.float32).index_add_(0, batch.doc, z.float() * weight[:, None])
@@ -2421,16 +2444,22 @@ class SequenceStudent(torch.nn.Module):
         return self.trunk(tokens, positions, task, dihedral,
                           lambda q, k, v: packed_attention(q, k, v, cu_seqlens, max_len))
 
-    def compile(self, whole: bool = False, **options) -> None:
+    def compile(self, whole: bool = False, graphs: bool = False, **options) -> None:
         """Compile each block in two parts (decoding's steps and prefill use them too) and, with
         `whole` (TrainConfig compile="whole"), the packed trunk as one graph for training and
-        validation: one host call instead of three per block, fusions across blocks."""
+        validation: one host call instead of three per block, fusions across blocks. `graphs`
+        (compile="graphs") compiles it for training alone in reduce-overhead mode: forward and
+        backward replayed as CUDA graphs, one per shape (training pads its batches to few:
+        static_bounds), so the host no longer launches each kernel."""
         if any(p.is_cuda for p in self.parameters()):
             _varlen_causal_options(), _varlen_takes_grouped_heads()   # resolved eagerly: compiled code only reads them
         for block in self.blocks:
             block.compile(**options)
         if whole:
             self.packed = torch.compile(self.packed, dynamic=True, **options)
+        if graphs:
+            self.graphed_trunk = torch.compile(self.packed, mode="reduce-overhead", dynamic=True, **options)
+            self.graphed = True
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, task: torch.Tensor,
                     dihedral: torch.Tensor, cache: "DecodeCache") -> torch.Tensor:
@@ -3044,7 +3073,7 @@ class TrainConfig(ConfigBase):
     patience: int = 10             # epochs without a better validation exact-grid score
     log_every: int = 50            # steps between log lines
     resume: bool = False           # continue from the run's last checkpoint
-    compile: str = choice("blocks", "whole", "off")   # torch.compile on CUDA: the blocks | whole: the sequence student's packed trunk as one graph too | off
+    compile: str = choice("blocks", "whole", "graphs", "off")   # torch.compile on CUDA: the blocks | whole: the sequence student's packed trunk as one graph too | graphs: that trunk replayed as CUDA graphs in training (one process) | off
     ema_decay: float = 0.0         # > 0: validate and predict with an average of the weights (TRM: 0.999)
     checkpoint_every: int = 1      # epochs between checkpoints (and best.pt candidates); the end always writes
 
@@ -3968,7 +3997,9 @@ def training_model(cfg: dict[str, Any], data: TrainingData, device: str, world: 
         # The blocks are where the FLOPs are; compiling the whole grid student failed in Inductor
         # (torch 2.11) on the canvas slicing, so only its blocks are compiled.
         if isinstance(model, SequenceStudent):
-            model.compile(whole=tc.compile == "whole")
+            if tc.compile == "graphs" and world > 1:
+                raise ValueError("compile=graphs replays the trunk in one process; under torchrun use compile=whole")
+            model.compile(whole=tc.compile == "whole", graphs=tc.compile == "graphs")
         else:
             for block in model.encoder.blocks:
                 block.compile()
@@ -4177,7 +4208,7 @@ def _forward(run: TrainingRun, rows: torch.Tensor, mine: torch.Tensor):
     -> (logits, target, loss parts, training FLOPs of the global batch)"""
     data, autocast = run.data, torch.autocast("cuda", torch.bfloat16, enabled=run.device.startswith("cuda"))
     if isinstance(data.train, VersionPools):   # the sequence student: its rows packed end to end on the host
-        batch = pack_rows(data.train, mine, run.device)
+        batch = pack_rows(data.train, mine, run.device, GRAPH_TOKENS if run.model.graphed else 1)
         pooled = data.teacher_pooled[data.train.pair[mine]] if data.teacher_pooled is not None else None
         with autocast:
             out, parts = run.step_fn(batch, pooled)

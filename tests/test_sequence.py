@@ -386,3 +386,34 @@ def test_a_padding_tail_joins_the_last_sequence_for_attention():
     cu, longest = sc.attention_bounds(padded)
     assert cu.tolist() == [0, len(seqs[0].tokens), 32] and longest == 32 - len(seqs[0].tokens)
     assert padded.cu_seqlens.tolist()[-1] == exact.bounds[-1]          # the batch itself keeps its bounds
+
+
+def test_static_bounds_pad_sequences_and_tail_into_few_shapes():
+    rng = np.random.default_rng(9)
+    seqs = [sc.tokenize_pair(grid(rng, 2, 2), grid(rng, 1, 1)), sc.tokenize_pair(grid(rng, 1, 3), grid(rng, 2, 1))]
+    real = sum(len(s.tokens) for s in seqs)
+    batch = sc.pack_sequences(seqs, pad_to=sc.GRAPH_TOKENS)
+    cu, longest = sc.static_bounds(batch)
+    assert longest == sc.GRAPH_MAX_LEN and len(cu) == sc.GRAPH_SLOTS + 1
+    assert cu.tolist() == [*batch.bounds, *[sc.GRAPH_TOKENS] * (sc.GRAPH_SLOTS - 2)]   # the tail, then empty ones
+    long_tail = sc.pack_sequences(seqs, pad_to=3 * sc.GRAPH_MAX_LEN)                    # the tail cut to fit
+    cu = sc.static_bounds(long_tail)[0].tolist()
+    assert cu[:5] == [*batch.bounds, real + sc.GRAPH_MAX_LEN, real + 2 * sc.GRAPH_MAX_LEN]
+    assert cu[5:] == [3 * sc.GRAPH_MAX_LEN] * (len(cu) - 5) and np.diff(cu).max() <= sc.GRAPH_MAX_LEN
+
+
+def test_a_graphed_training_forward_on_a_padded_batch_gives_the_plain_logits():
+    """What compile="graphs" changes besides replay: the batch padded to GRAPH_TOKENS and the
+    attention bounds of static_bounds. The real tokens' logits and the loss stay the same."""
+    plain, graphed, rng = model(seed=4), model(seed=4), np.random.default_rng(10)
+    graphed.graphed_trunk, graphed.graphed = graphed.packed, True     # as compile(graphs=True), without CUDA
+    plain.train(), graphed.train()                                     # dropout 0: training mode is deterministic
+    seqs = [sc.tokenize_pair(grid(rng, h, w), grid(rng, w, h), task=t) for h, w, t in [(3, 4, 0), (2, 2, 1), (1, 5, 2)]]
+    exact, padded = sc.pack_sequences(seqs), sc.pack_sequences(seqs, pad_to=sc.GRAPH_TOKENS)
+    a, b = plain(exact), graphed(padded)
+    n = exact.bounds[-1]
+    torch.testing.assert_close(b.logits[:n], a.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.pooled, a.pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sc.sequence_loss(b.logits, padded), sc.sequence_loss(a.logits, exact))
+    graphed.eval()
+    torch.testing.assert_close(graphed(exact).logits, a.logits)        # evaluation takes the plain path
