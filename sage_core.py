@@ -2419,6 +2419,8 @@ class SequenceStudent(torch.nn.Module):
             z = self.trunk(batch.tokens, batch.positions, batch.task, batch.dihedral,
                            lambda q, k, v: kv.append((k, v)) or packed_attention(q, k, v, cu, longest))
         else:
+            if graphed:   # a new training step: the last replay's outputs are no longer needed
+                torch.compiler.cudagraph_mark_step_begin()
             trunk = self.graphed_trunk if graphed else self.packed
             z = trunk(batch.tokens, batch.positions, batch.task, batch.dihedral, cu, longest)
         n = batch.n_sequences
