@@ -2488,15 +2488,17 @@ _FLASH_DECODING: dict[torch.device, bool] = {}
 
 
 def _flash_decoding(q: torch.Tensor) -> bool:
-    """Whether _flash_forward runs here (CUDA, bf16/fp16, a torch whose kernel takes seqused_k):
-    tried once per device; otherwise decoding attends by masked SDPA."""
+    """Whether _flash_forward runs here (CUDA, bf16/fp16, a torch whose kernel takes seqused_k
+    and grouped keys and values): tried once per device; otherwise decoding attends by masked
+    SDPA."""
     if not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16):
         return False
     if q.device not in _FLASH_DECODING:
         try:
             t = q.new_zeros(2, 1, 64)
             cu = torch.arange(3, device=q.device, dtype=torch.int32)
-            _flash_forward(t[:1], t, t, cu[:2], cu[::2].contiguous(), 2, cu[2:])   # one query, a region of 2 slots
+            # one query of two heads sharing one key/value head (kv_heads), a region of 2 slots
+            _flash_forward(q.new_zeros(1, 2, 64), t, t, cu[:2], cu[::2].contiguous(), 2, cu[2:])
             _FLASH_DECODING[q.device] = True
         except (RuntimeError, TypeError) as error:
             logging.getLogger(__name__).warning("decoding attends by masked SDPA: %s", error)
