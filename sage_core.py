@@ -5582,7 +5582,7 @@ def evaluation_report(metrics: dict[str, Any], scores: list[dict[str, Any]],
         f"Device {m['device']}; scoring took {m['scoring_seconds']:.1f} s (data, predictions, voting). "
         "Predictions: `predictions.json` (ARC Prize submission format). Every figure: `figures/06_*.png`.",
         "", "## Scores", "", markdown_table(scores), "",
-        fig("gallery_right"), "", fig("gallery_wrong"), "", fig("accuracy_by_size"), "",
+        fig("gallery_right"), "", fig("gallery_wrong"), "", fig("accuracy_by_size"), "", fig("decoding"), "",
         "## Speed and memory", "",
         f"Measured in one process on {speed['device']}, one model after another (bf16 on CUDA, fp32 on "
         "the CPU; peak memory on CUDA only). The features student is the original plan's design with "
