@@ -109,16 +109,17 @@ __all__ = [
     "teacher_options", "load_teacher",
     # 10. Evaluation and scoring
     "score_predictions", "answered_tasks", "scoring_note", "copy_baseline", "vote",
-    "voted_predictions", "CANDIDATE_RANKINGS", "voted_decodings", "pass_at_2_by_versions",
-    "pass_at_2_stopping_early", "score_voted", "submission", "evaluate_checkpoint",
-    "score_checkpoint", "decode_versions", "Evaluation", "training_teacher", "evaluate_run",
-    "score_table", "pair_scores", "SIZE_BINS", "accuracy_by_size", "difference_grid",
-    "gallery_pairs", "plot_prediction_gallery", "plot_accuracy_by_size", "plot_decoding",
-    "plot_inspection", "SEED_TARGETS", "measure_speed", "speed_batches", "speed_profile",
-    "compiled_speed", "student_speed", "decoding_speed", "trained_student_speed", "teacher_speed",
-    "cost_table", "speed_comparison", "speed_table", "speed_ratios", "plot_speed",
-    "feature_alignment", "plot_alignment", "block_attention", "attention_rollout",
-    "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE", "attention_similarity",
+    "voted_predictions", "CANDIDATE_RANKINGS", "written_candidate", "voted_decodings",
+    "pass_at_2_by_versions", "pass_at_2_stopping_early", "score_voted", "submission",
+    "evaluate_checkpoint", "score_checkpoint", "decode_versions", "ROUND_VERSIONS",
+    "decode_in_rounds", "Evaluation", "training_teacher", "evaluate_run", "score_table",
+    "pair_scores", "SIZE_BINS", "accuracy_by_size", "difference_grid", "gallery_pairs",
+    "plot_prediction_gallery", "plot_accuracy_by_size", "plot_decoding", "plot_inspection",
+    "SEED_TARGETS", "measure_speed", "speed_batches", "speed_profile", "compiled_speed",
+    "student_speed", "decoding_speed", "trained_student_speed", "teacher_speed", "cost_table",
+    "speed_comparison", "speed_table", "speed_ratios", "plot_speed", "feature_alignment",
+    "plot_alignment", "block_attention", "attention_rollout", "cell_attention_maps",
+    "map_correlations", "ATTENTION_UNAVAILABLE", "attention_similarity",
     "plot_attention_similarity", "evaluation_label", "evaluation_metrics", "evaluation_report",
     "write_evaluation",
     # 11. Configuration and runs
@@ -4639,6 +4640,15 @@ CANDIDATE_RANKINGS = {
 }
 
 
+def written_candidate(written: Decoded, aug: Augmentation, query: np.ndarray) -> np.ndarray:
+    """What a version's writing votes for: its grid mapped back with the version's exact inverse,
+    or an empty grid (no vote) when it is malformed or a copy of the version's own input."""
+    grid = tokens_to_grid(written.tokens)
+    if grid is None or np.array_equal(grid, aug.apply(query)):
+        return np.zeros((0, 0), np.uint8)
+    return aug.invert(grid)
+
+
 def voted_decodings(split: Split, examples: Sequence[Example], versions: Sequence[Sequence[Augmentation]],
                     decoded: Sequence[Sequence[Decoded]], rank_by: str = "votes") -> list[dict[str, Any]]:
     """The sequence student's votes: voted_predictions' records from written outputs.
@@ -4659,11 +4669,9 @@ def voted_decodings(split: Split, examples: Sequence[Example], versions: Sequenc
         query = split.pair(ex).input
         back, stats = [], {}
         for aug, d in zip(augs, written, strict=True):
-            grid = tokens_to_grid(d.tokens)
-            if grid is None or np.array_equal(grid, aug.apply(query)):
-                back.append(np.zeros((0, 0), np.uint8))
+            back.append(written_candidate(d, aug, query))
+            if not back[-1].size:
                 continue
-            back.append(aug.invert(grid))
             s = stats.setdefault(_grid_key(back[-1]), [back[-1], 0, 0.0, 0.0])
             s[1:] = s[1] + 1, s[2] + d.logprob, s[3] + math.exp(d.logprob)
         ranked = sorted(stats.values(), key=lambda s: rank(*s[1:]), reverse=True)[:2]   # stable
@@ -4760,27 +4768,32 @@ def evaluate_checkpoint(path: str | os.PathLike, split: Split, part: str = "test
 
 
 def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
-                     store: FeatureStore | None = None, name: str = "the checkpoint", versions: int = 0
-                     ) -> tuple[dict[str, float], list[dict[str, Any]], list[list[Augmentation]]]:
+                     store: FeatureStore | None = None, name: str = "the checkpoint", versions: int = 0,
+                     stop_at_votes: int = 0) -> tuple[dict[str, float], list[dict[str, Any]], list[list[Augmentation]]]:
     """evaluate_checkpoint on a loaded checkpoint `ck` (named `name` in errors); also returns,
     per record, the versions its candidates come from (the grid student's are its task's, the
-    sequence student's its pair's pool, its first `versions` only if > 0: decode_versions).
-    The sequence student's scores also hold pass_at_2_by_versions, pass_at_2_stopping_early and
-    the decoding's groups."""
+    sequence student's its pair's pool, its first `versions` only if > 0, in rounds to
+    stop_at_votes if > 0: decode_versions).
+    The sequence student's scores also hold the share of versions written, the decoding's
+    groups and, from a full decoding, pass_at_2_by_versions and pass_at_2_stopping_early."""
     cfg = checkpoint_config(ck)
     scfg = cfg["student"]
     if scfg.student == "sequence":
-        pools, decoded, seconds, groups = decode_versions(ck, split, part, device, name, versions=versions)
-        ranked = {rank_by: voted_decodings(split, pools.examples, pools.versions, decoded, rank_by)
+        pools, decoded, seconds, groups = decode_versions(ck, split, part, device, name, versions=versions,
+                                                          stop_at_votes=stop_at_votes)
+        written = [v[:len(d)] for v, d in zip(pools.versions, decoded)]   # all of each pool unless stopped early
+        ranked = {rank_by: voted_decodings(split, pools.examples, written, decoded, rank_by)
                   for rank_by in CANDIDATE_RANKINGS}   # the same writings ranked each way, side by side
-        scores = {**score_voted(ranked["votes"], split), "decode_seconds": seconds}
+        scores = {**score_voted(ranked["votes"], split), "decode_seconds": seconds,
+                  "versions written": sum(map(len, written)) / sum(map(len, pools.versions))}
         for rank_by, records in ranked.items():
             scored = score_voted(records, split)
             scores.update({f"{k} by {rank_by}": scored[k] for k in ("pass@1", "pass@2")})
-        scores["pass@2 by versions"] = pass_at_2_by_versions(split, pools.examples, pools.versions, decoded)
-        scores["pass@2 stopping early"] = pass_at_2_stopping_early(split, pools.examples, pools.versions, decoded)
+        if not stop_at_votes:   # what fewer versions would have given, from this full decoding
+            scores["pass@2 by versions"] = pass_at_2_by_versions(split, pools.examples, written, decoded)
+            scores["pass@2 stopping early"] = pass_at_2_stopping_early(split, pools.examples, written, decoded)
         scores["decode_groups"] = groups
-        return scores, ranked["votes"], pools.versions
+        return scores, ranked["votes"], written
     features = scfg.student == "features"
     versions = task_versions(split.tasks, 1 if features else cfg["data"].augmentations, cfg["run"].seed)
     if version_ids(split.tasks, versions) != ck["meta"]["version_ids"]:
@@ -4797,12 +4810,13 @@ def score_checkpoint(ck: dict[str, Any], split: Split, part: str, device: str,
 
 
 def decode_versions(ck: dict[str, Any], split: Split, part: str, device: str, name: str = "the checkpoint",
-                    progress: bool = True, versions: int = 0
+                    progress: bool = True, versions: int = 0, stop_at_votes: int = 0
                     ) -> tuple["VersionPools", list[list[Decoded]], float, list[dict[str, Any]]]:
     """The sequence student of a loaded checkpoint writes every version of every split.<part>
     input (its pools as prompts: outputs never read; only the first `versions` of each pool
-    if > 0), greedily (greedy_decode). -> (the pools; per example, what each of its versions
-    wrote; the seconds decoding took; its groups as greedy_decode records them)"""
+    if > 0), greedily (greedy_decode); with stop_at_votes > 0 in rounds (decode_in_rounds).
+    -> (the pools; per example, what its versions wrote, in pool order; the seconds decoding
+    took; its groups as greedy_decode records them)"""
     cfg = checkpoint_config(ck)
     if list(task_rows(split.tasks)) != ck["meta"]["version_ids"]:
         raise ValueError(f"{name} was trained on other tasks than this split's")
@@ -4810,10 +4824,41 @@ def decode_versions(ck: dict[str, Any], split: Split, part: str, device: str, na
     pools = version_pools(split, part, pool_size, cfg["run"].seed, prompts=True)
     model = student_from_checkpoint(ck, device)
     started, groups = time.perf_counter(), []
-    decoded = greedy_decode(model, [pools.sequence(r) for r in range(len(pools.pair))], progress=progress,
-                            groups=groups)
-    by_pair = [decoded[int(pools.start[p]):int(pools.start[p + 1])] for p in range(len(pools.examples))]
+    if stop_at_votes:
+        by_pair = decode_in_rounds(model, pools, stop_at_votes, groups=groups)
+    else:
+        decoded = greedy_decode(model, [pools.sequence(r) for r in range(len(pools.pair))], progress=progress,
+                                groups=groups)
+        by_pair = [decoded[int(pools.start[p]):int(pools.start[p + 1])] for p in range(len(pools.examples))]
     return pools, by_pair, time.perf_counter() - started, groups
+
+
+# Versions each still undecided test input writes per round of decode_in_rounds.
+ROUND_VERSIONS = 8
+
+
+def decode_in_rounds(model: SequenceStudent, pools: "VersionPools", stop_at_votes: int,
+                     round_versions: int = ROUND_VERSIONS, groups: list[dict[str, Any]] | None = None
+                     ) -> list[list[Decoded]]:
+    """Every test input's versions written `round_versions` at a time, all undecided inputs in
+    one greedy_decode per round, an input stopping once one grid holds stop_at_votes votes
+    (written_candidate) or its pool is spent: inputs the model agrees on early cost a round,
+    the others their whole pool (pass_at_2_stopping_early measures the trade from a full
+    decoding). -> per pair, what its first versions wrote, in pool order"""
+    decoded: list[list[Decoded]] = [[] for _ in pools.examples]
+    votes = [Counter() for _ in pools.examples]
+    sizes = pools.sizes.tolist()
+    live = list(range(len(pools.examples)))
+    while live:
+        rows = [(p, len(decoded[p]) + j) for p in live for j in range(min(round_versions, sizes[p] - len(decoded[p])))]
+        written = greedy_decode(model, [pools.sequence(int(pools.start[p]) + v) for p, v in rows], groups=groups)
+        for (p, v), d in zip(rows, written):
+            decoded[p].append(d)
+            grid = written_candidate(d, pools.versions[p][v], pools.pairs[p].input)
+            if grid.size:
+                votes[p][_grid_key(grid)] += 1
+        live = [p for p in live if len(decoded[p]) < sizes[p] and max(votes[p].values(), default=0) < stop_at_votes]
+    return decoded
 
 
 # --- 10b. A trained run on its held-out pairs: its scores, per pair and by size ---
@@ -6378,6 +6423,8 @@ def command_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     c.add_argument("--versions", type=int, default=0,
                    help="sequence student: write and vote over each test input's first N versions (0: all)")
+    c.add_argument("--stop-at-votes", type=int, default=0,
+                   help="sequence student: write versions in rounds of 8, stopping an input once a grid has K votes")
     v = sub.add_parser("evaluate", help="notebook 06 on a run folder with checkpoints/best.pt: "
                                         "scores, speed, alignment, report.md")
     v.add_argument("--run-dir", required=True)
@@ -6465,18 +6512,20 @@ def _command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def score_run(run_dir: Path, checkpoint: str | os.PathLike, device: str, versions: int = 0) -> dict[str, Any]:
+def score_run(run_dir: Path, checkpoint: str | os.PathLike, device: str, versions: int = 0,
+              stop_at_votes: int = 0) -> dict[str, Any]:
     """A trained checkpoint on the evaluation tasks' test inputs, on the split rebuilt from its
     own config: the scores beside the copy baseline, with the seconds they took, and the voted
     attempts as predictions.json in run_dir (a sequence student: over each input's first
-    `versions` versions if > 0). -> the scores"""
+    `versions` versions if > 0, written in rounds until a grid has stop_at_votes votes if > 0).
+    -> the scores"""
     started = time.perf_counter()
     device = resolve_device(device)
     ck = load_checkpoint(checkpoint, device)
     cfg = checkpoint_config(ck)
     split = config_split(cfg["data"], cfg["run"].seed)
     store = training_store(cfg, run_dir) if cfg["student"].student == "features" else None   # its input
-    scores, records, _ = score_checkpoint(ck, split, "test", device, store, str(checkpoint), versions)
+    scores, records, _ = score_checkpoint(ck, split, "test", device, store, str(checkpoint), versions, stop_at_votes)
     _write_json(run_dir / "predictions.json", submission(records), indent=None)
     return {**scores, "copy_baseline": copy_baseline(split, "test"), "seconds": time.perf_counter() - started}
 
@@ -6484,7 +6533,8 @@ def score_run(run_dir: Path, checkpoint: str | os.PathLike, device: str, version
 def _command_score(args: argparse.Namespace) -> int:
     """A trained run's best checkpoint on the evaluation tasks: test_scores.json, predictions.json."""
     run_dir = Path(args.run_dir)
-    scores = score_run(run_dir, run_dir / "checkpoints" / args.checkpoint, args.device, args.versions)
+    scores = score_run(run_dir, run_dir / "checkpoints" / args.checkpoint, args.device, args.versions,
+                       args.stop_at_votes)
     _write_json(run_dir / "test_scores.json", scores)
     print(json.dumps(scores))
     return 0

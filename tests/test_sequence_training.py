@@ -119,6 +119,37 @@ def test_evaluation_writes_every_test_input_and_votes(split, tmp_path):
     assert [v[:1] for v in pools.versions] == sc.version_pools(split, "test", 1, prompts=True).versions
 
 
+def test_decoding_in_rounds_stops_an_input_once_a_grid_has_its_votes(split, tmp_path, monkeypatch):
+    # A stand-in writer: versions with an odd dihedral write a black 1x1 grid (the same grid
+    # mapped back, whatever the version: one more vote for it), the others nothing usable;
+    # every call is recorded, so the rounds can be counted.
+    calls = []
+
+    def writer(model, prompts, **_):
+        calls.append(len(prompts))
+        return [sc.Decoded(np.array([0, sc.TOKEN_ROW_END, sc.TOKEN_END] if p.dihedral % 2 else [sc.TOKEN_ROW_END]), -0.1)
+                for p in prompts]
+    monkeypatch.setattr(sc, "greedy_decode", writer)
+    pools = sc.version_pools(split, "test", 6, prompts=True)
+    for per_round, stop in [(1, 1), (2, 1), (2, 2)]:
+        calls.clear()
+        by_round = sc.decode_in_rounds(None, pools, stop_at_votes=stop, round_versions=per_round)
+        for p, written in enumerate(by_round):
+            voters = np.flatnonzero([v.k % 2 for v in pools.versions[p]])
+            needed = voters[stop - 1] + 1 if len(voters) >= stop else len(pools.versions[p])   # versions up to the vote
+            assert len(written) == min(len(pools.versions[p]), -(-needed // per_round) * per_round)
+        assert len(calls) == max(-(-len(w) // per_round) for w in by_round)   # one decoding per round
+        assert sum(map(len, by_round)) < sum(map(len, pools.versions))       # some inputs stopped early
+
+
+def test_scoring_in_rounds_votes_over_the_versions_written(split, tmp_path):
+    sc.train(config(max_steps=2), split, tmp_path, progress=False)
+    ck = sc.load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    scores, records, written = sc.score_checkpoint(ck, split, "test", "cpu", stop_at_votes=1)
+    assert [len(v) for v in written] == [len(r["candidates"]) for r in records]
+    assert 0 < scores["versions written"] <= 1 and "pass@2 by versions" not in scores
+
+
 def test_teacher_terms_without_a_sequence_teacher_are_refused_before_any_work(split, tmp_path):
     with pytest.raises(ValueError, match="per-token distillation"):
         sc.train(config(w_kd=0.5), split, tmp_path / "a", progress=False)               # the stand-in
