@@ -2236,31 +2236,21 @@ def sequence_loss(logits: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     return torch.where(batch.loss_mask, ce, 0.0).sum() / batch.loss_mask.sum().clamp(min=1)
 
 
-_VARLEN_CAUSAL: dict[str, Any] = {}
+_VARLEN: dict[str, Any] = {}
 
 
-def _varlen_causal_options() -> dict[str, Any]:
-    """How torch.nn.attention.varlen asks for causal attention: torch 2.10 said is_causal=True,
-    later versions a (left, right) window. Read once, before any compiled code calls it."""
-    if not _VARLEN_CAUSAL:
+def _varlen_features() -> dict[str, Any]:
+    """What this torch's varlen_attn takes, read from its signature once, before any compiled
+    code calls it: "causal", the options asking for causal attention (torch 2.10 said
+    is_causal=True, later versions a (left, right) window), and "gqa", whether keys and values
+    may have fewer heads than the queries (enable_gqa, torch 2.13)."""
+    if not _VARLEN:
         import inspect
         from torch.nn.attention.varlen import varlen_attn
-        causal = "window_size" in inspect.signature(varlen_attn).parameters
-        _VARLEN_CAUSAL.update({"window_size": (-1, 0)} if causal else {"is_causal": True})
-    return _VARLEN_CAUSAL
-
-
-_VARLEN_GQA: dict[str, bool] = {}
-
-
-def _varlen_takes_grouped_heads() -> bool:
-    """Whether varlen_attn takes keys and values with fewer heads than the queries (its
-    enable_gqa, torch 2.13); read once, like _varlen_causal_options."""
-    if not _VARLEN_GQA:
-        import inspect
-        from torch.nn.attention.varlen import varlen_attn
-        _VARLEN_GQA["gqa"] = "enable_gqa" in inspect.signature(varlen_attn).parameters
-    return _VARLEN_GQA["gqa"]
+        takes = inspect.signature(varlen_attn).parameters
+        _VARLEN.update(causal={"window_size": (-1, 0)} if "window_size" in takes else {"is_causal": True},
+                       gqa="enable_gqa" in takes)
+    return _VARLEN
 
 
 def attention_bounds(batch: PackedBatch) -> tuple[torch.Tensor, int]:
@@ -2319,9 +2309,9 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     there. CUDA in float32 (which FlashAttention lacks) takes the CPU's path."""
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         from torch.nn.attention.varlen import varlen_attn
-        options = _varlen_causal_options()
+        options = _varlen_features()["causal"]
         if k.shape[1] != q.shape[1]:           # grouped keys and values (kv_heads)
-            if _varlen_takes_grouped_heads():
+            if _varlen_features()["gqa"]:
                 options = {**options, "enable_gqa": True}
             else:                              # an older varlen_attn: each group's heads repeated
                 k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], 1) for t in (k, v))
@@ -2455,7 +2445,7 @@ class SequenceStudent(torch.nn.Module):
         backward replayed as CUDA graphs, one per shape (training pads its batches to few:
         static_bounds), so the host no longer launches each kernel."""
         if any(p.is_cuda for p in self.parameters()):
-            _varlen_causal_options(), _varlen_takes_grouped_heads()   # resolved eagerly: compiled code only reads them
+            _varlen_features()            # resolved eagerly: compiled code only reads it
         for block in self.blocks:
             block.compile(**options)
         if whole:
