@@ -110,18 +110,17 @@ __all__ = [
     # 10. Evaluation and scoring
     "score_predictions", "answered_tasks", "scoring_note", "copy_baseline", "vote",
     "voted_predictions", "CANDIDATE_RANKINGS", "written_candidate", "voted_decodings",
-    "pass_at_2_by_versions", "pass_at_2_stopping_early", "score_voted", "submission",
-    "evaluate_checkpoint", "score_checkpoint", "decode_versions", "ROUND_VERSIONS",
-    "decode_in_rounds", "Evaluation", "training_teacher", "evaluate_run", "score_table",
-    "pair_scores", "SIZE_BINS", "accuracy_by_size", "difference_grid", "gallery_pairs",
-    "plot_prediction_gallery", "plot_accuracy_by_size", "plot_decoding", "plot_inspection",
-    "SEED_TARGETS", "measure_speed", "speed_batches", "speed_profile", "compiled_speed",
-    "student_speed", "decoding_speed", "trained_student_speed", "teacher_speed", "cost_table",
-    "speed_comparison", "speed_table", "speed_ratios", "plot_speed", "feature_alignment",
-    "plot_alignment", "block_attention", "attention_rollout", "cell_attention_maps",
-    "map_correlations", "ATTENTION_UNAVAILABLE", "attention_similarity",
-    "plot_attention_similarity", "evaluation_label", "evaluation_metrics", "evaluation_report",
-    "write_evaluation",
+    "pass_at_2_by_versions", "ROUND_VERSIONS", "pass_at_2_stopping_early", "score_voted",
+    "submission", "evaluate_checkpoint", "score_checkpoint", "decode_versions", "decode_in_rounds",
+    "Evaluation", "training_teacher", "evaluate_run", "score_table", "pair_scores", "SIZE_BINS",
+    "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
+    "plot_accuracy_by_size", "plot_decoding", "plot_inspection", "SEED_TARGETS", "measure_speed",
+    "speed_batches", "speed_profile", "compiled_speed", "student_speed", "decoding_speed",
+    "trained_student_speed", "teacher_speed", "cost_table", "speed_comparison", "speed_table",
+    "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment", "block_attention",
+    "attention_rollout", "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE",
+    "attention_similarity", "plot_attention_similarity", "evaluation_label", "evaluation_metrics",
+    "evaluation_report", "write_evaluation",
     # 11. Configuration and runs
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
     "parameters_source", "config_params", "environment_record", "Run", "run_test_scores",
@@ -4691,21 +4690,31 @@ def pass_at_2_by_versions(split: Split, examples: Sequence[Example], versions: S
             for n in [c for c in counts if c < most] + [most]}
 
 
+# Versions each still undecided test input writes per round (decode_in_rounds, and its
+# simulation pass_at_2_stopping_early).
+ROUND_VERSIONS = 8
+
+
+def _agreed(candidates: Sequence[np.ndarray], votes: int) -> bool:
+    """Whether one grid among these written_candidate's (empty: no vote) holds `votes` votes:
+    when decoding in rounds stops a test input."""
+    return max(Counter(_grid_key(c) for c in candidates if c.size).values(), default=0) >= votes
+
+
 def pass_at_2_stopping_early(split: Split, examples: Sequence[Example], versions: Sequence[Sequence[Augmentation]],
                              decoded: Sequence[Sequence[Decoded]], agree: Sequence[int] = (3, 5, 8),
-                             step: int = 8) -> dict[str, dict[str, float]]:
+                             step: int = ROUND_VERSIONS) -> dict[str, dict[str, float]]:
     """Writing versions in rounds of `step` and stopping a test input once one grid holds
     `agree` votes: for each agree, pass@2 by votes and the share of all versions it would have
     written (time in proportion), from the same decoding. -> {agree: {pass@2, share written}}"""
-    keys = [[_grid_key(c) if c.size else None for c in r["candidates"]]
-            for r in voted_decodings(split, examples, versions, decoded)]
+    candidates = [r["candidates"] for r in voted_decodings(split, examples, versions, decoded)]
     total = sum(len(v) for v in versions)
     out = {}
     for k in agree:
         written = []
-        for row in keys:
+        for row in candidates:
             n = min(step, len(row))
-            while n < len(row) and max(Counter(x for x in row[:n] if x is not None).values(), default=0) < k:
+            while n < len(row) and not _agreed(row[:n], k):
                 n = min(n + step, len(row))
             written.append(n)
         out[str(k)] = {"pass@2": _pass_at_2_of_prefixes(split, examples, versions, decoded, written),
@@ -4823,10 +4832,6 @@ def decode_versions(ck: dict[str, Any], split: Split, part: str, device: str, na
     return pools, by_pair, time.perf_counter() - started, groups
 
 
-# Versions each still undecided test input writes per round of decode_in_rounds.
-ROUND_VERSIONS = 8
-
-
 def decode_in_rounds(model: SequenceStudent, pools: "VersionPools", stop_at_votes: int,
                      round_versions: int = ROUND_VERSIONS, groups: list[dict[str, Any]] | None = None
                      ) -> list[list[Decoded]]:
@@ -4836,7 +4841,7 @@ def decode_in_rounds(model: SequenceStudent, pools: "VersionPools", stop_at_vote
     the others their whole pool (pass_at_2_stopping_early measures the trade from a full
     decoding). -> per pair, what its first versions wrote, in pool order"""
     decoded: list[list[Decoded]] = [[] for _ in pools.examples]
-    votes = [Counter() for _ in pools.examples]
+    candidates: list[list[np.ndarray]] = [[] for _ in pools.examples]
     sizes = pools.sizes.tolist()
     live = list(range(len(pools.examples)))
     while live:
@@ -4844,10 +4849,8 @@ def decode_in_rounds(model: SequenceStudent, pools: "VersionPools", stop_at_vote
         written = greedy_decode(model, [pools.sequence(int(pools.start[p]) + v) for p, v in rows], groups=groups)
         for (p, v), d in zip(rows, written):
             decoded[p].append(d)
-            grid = written_candidate(d, pools.versions[p][v], pools.pairs[p].input)
-            if grid.size:
-                votes[p][_grid_key(grid)] += 1
-        live = [p for p in live if len(decoded[p]) < sizes[p] and max(votes[p].values(), default=0) < stop_at_votes]
+            candidates[p].append(written_candidate(d, pools.versions[p][v], pools.pairs[p].input))
+        live = [p for p in live if len(decoded[p]) < sizes[p] and not _agreed(candidates[p], stop_at_votes)]
     return decoded
 
 
@@ -5069,7 +5072,7 @@ def plot_decoding(scores: dict[str, Any], title: str):
     left.set_xscale("log", base=2)
     left.set_xticks(list(counts), [str(n) for n in counts])
     left.set_xlabel("versions written per test input: the first n of its pool\n"
-                    "(squares: in rounds of 8, stopping once a grid has k votes; the mean)", fontsize=8)
+                    f"(squares: in rounds of {ROUND_VERSIONS}, stopping once a grid has k votes; the mean)", fontsize=8)
     left.set_ylabel("pass@2 by votes (%)")
     left.set_ylim(0, max([1.0] + [110 * v for v in counts.values()]))
     left.grid(alpha=0.3)
@@ -6414,7 +6417,8 @@ def command_parser() -> argparse.ArgumentParser:
     c.add_argument("--versions", type=int, default=0,
                    help="sequence student: write and vote over each test input's first N versions (0: all)")
     c.add_argument("--stop-at-votes", type=int, default=0,
-                   help="sequence student: write versions in rounds of 8, stopping an input once a grid has K votes")
+                   help=f"sequence student: write versions in rounds of {ROUND_VERSIONS}, stopping an input once a "
+                        "grid has K votes")
     v = sub.add_parser("evaluate", help="notebook 06 on a run folder with checkpoints/best.pt: "
                                         "scores, speed, alignment, report.md")
     v.add_argument("--run-dir", required=True)
