@@ -3058,7 +3058,7 @@ class TrainConfig(ConfigBase):
     attention_decay_scale: float = 1.0   # weight decay of the attention matrices (qkv, proj) as a share of weight_decay (mdlARC 0.1)
     warmup_fraction: float = 0.05  # share of the steps spent warming up
     decay: str = choice("cosine", "wsd")   # after the warm-up: cosine to 10% | flat, then linear to 0 (wsd)
-    decay_fraction: float = 0.2    # wsd: the last share of the steps, decaying linearly to 0
+    decay_fraction: float = 0.2    # wsd: the last share of the steps, decaying linearly to 0; budget: not refitted
     grad_clip: float = 1.0         # max global gradient norm
     max_steps: int = 0             # stop after this many optimizer steps, 0 means epochs decide
     seconds_budget: float = 600.0  # seconds before a clean stop, per run (a resume gets its own); 0: none
@@ -3398,29 +3398,31 @@ def fitted_total(step: int, total: int, seconds_per_step: float, seconds_left: f
 
 @dataclass
 class BudgetSchedule:
-    """schedule="budget": the schedule's length fitted to the seconds it spans, from the speed
-    measured between FIT_STEPS (after the first compilations, one per canvas size), then refitted
-    a quarter of the way in from the steady speed (validation passes included), which the first
-    window overstates."""
+    """schedule="budget": the schedule's length fitted to the seconds it spans, from this piece's
+    mean speed since FIT_STEPS[0] (after the first compilations), first at FIT_STEPS[1], then
+    again a quarter of the remaining steps later, and so on until the last `keep` share of the
+    schedule (its decay, left as fitted). Refitting from the mean speed absorbs what a short
+    window misjudges: a validation graph or a new shape compiling for tens of seconds on a cold
+    machine (2026-12-02, H200: one window's estimate ended a 345-s run at 147 s). A resumed
+    piece refits too: its own compilations cost the time the schedule spans."""
     span: float                  # training seconds the schedule spans, over every resumed piece
     limit: int                   # at most this many steps (the epochs' count)
     start: int                   # the step this piece started at
-    mark: tuple[int, float] = (0, 0.0)   # step and time of the last speed mark
-    refit_at: int = -1           # steps into the piece of the second fit
+    keep: float                  # the schedule's last share that is not refitted
+    mark: tuple[int, float] = (0, 0.0)   # step and time at FIT_STEPS[0]
+    refit_at: int = -1           # the step of the next fit
 
-    def observe(self, step: int, now: float, clock: float, device: str) -> int | None:
+    def observe(self, step: int, now: float, clock: float, total: int, device: str) -> int | None:
         """The schedule's new length when this step fits it, else None. clock: perf_counter at the
-        start of the run, so earlier pieces count."""
+        start of the run, so earlier pieces count; total: the schedule's length now."""
         done = step - self.start
-        if done not in (FIT_STEPS[0], FIT_STEPS[1], self.refit_at):
+        if done == FIT_STEPS[0]:
+            self.mark = (step, now)
+        if not (done == FIT_STEPS[1] or step == self.refit_at) or step >= (1 - self.keep) * total:
             return None
-        total = None
-        if done > FIT_STEPS[0]:
-            total = fitted_total(step, self.limit, (now - self.mark[1]) / (step - self.mark[0]),
-                                 self.span - (now - clock), device)
-            if done == FIT_STEPS[1]:
-                self.refit_at = FIT_STEPS[1] + (total - step) // 4
-        self.mark = (step, now)
+        total = fitted_total(step, self.limit, (now - self.mark[1]) / (step - self.mark[0]),
+                             self.span - (now - clock), device)
+        self.refit_at = step + max(1, (total - step) // 4)
         return total
 
 
@@ -4081,7 +4083,7 @@ class TrainingRun:
     state: TrainState
     log: TrainingLog
     total: int                                # steps the learning-rate schedule spans
-    schedule: BudgetSchedule | None           # schedule="budget", still to be fitted in this piece
+    schedule: BudgetSchedule | None           # schedule="budget": fits the schedule's length in this piece
     started: float                            # perf_counter at the start of this piece
     clock: float                              # ... at the start of the run, over every resumption
     params: list[torch.Tensor] = field(default_factory=list)
@@ -4152,11 +4154,11 @@ def setup_training(cfg: dict[str, Any], split: Split, run_dir: str | os.PathLike
     epoch_total = rc.epochs * len(training_batches(cfg, data.train, 0, world))   # the schedule's length by epochs
     total = state.total_steps or epoch_total
     span = tc.schedule_seconds or tc.seconds_budget    # training seconds a budget schedule spans
-    fit = tc.schedule == "budget" and span > 0 and not state.total_steps
+    fit = tc.schedule == "budget" and span > 0
     started = time.perf_counter()
     return TrainingRun(cfg, run_dir, device, rank, world, data, model, loss, step_fn, optimizer, average, meta,
                        state, TrainingLog(run_dir, rank == 0, total, state.step, progress), total,
-                       BudgetSchedule(span, epoch_total, state.step) if fit else None, started,
+                       BudgetSchedule(span, epoch_total, state.step, tc.decay_fraction) if fit else None, started,
                        clock=started - state.seconds, params=[p for g in optimizer.param_groups for p in g["params"]],
                        peak=peak_flops(device))
 
@@ -4281,8 +4283,9 @@ def log_step(run: TrainingRun, result: StepResult) -> None:
 
 def fit_schedule(run: TrainingRun) -> None:
     """schedule="budget": set the schedule's length when the budget schedule says so."""
-    total = run.schedule.observe(run.state.step, time.perf_counter(), run.clock, run.device) if run.schedule else None
-    if total:
+    total = run.schedule.observe(run.state.step, time.perf_counter(), run.clock, run.total, run.device) \
+        if run.schedule else None
+    if total and total != run.total:
         run.total = run.state.total_steps = run.log.bar.total = total
         run.log.say(f"schedule fitted to the budget: {total} steps")
 
