@@ -2598,8 +2598,10 @@ def decode_batches(lengths: np.ndarray, new_tokens: int, cache_tokens: int, most
 
 
 def decode_cache_tokens(model: SequenceStudent, device: torch.device) -> int:
-    """Cache slots that fit 40% of the device's free memory (CUDA) or 1 GiB (CPU)."""
-    per_slot = 2 * model.cfg.depth * model.cfg.width * (2 if device.type == "cuda" else 4)
+    """Cache slots that fit 40% of the device's free memory (CUDA) or 1 GiB (CPU): a slot holds
+    a key and a value of every layer, kv_heads heads wide (a group's size follows)."""
+    block = model.blocks[0]
+    per_slot = 2 * len(model.blocks) * block.kv_heads * (model.cfg.width // block.heads) * (2 if device.type == "cuda" else 4)
     free = torch.cuda.mem_get_info(device)[0] * 0.4 if device.type == "cuda" else 1 << 30
     return int(free // per_slot)
 

@@ -208,6 +208,9 @@ def test_grouped_keys_and_values_equal_full_heads_that_repeat_them():
     torch.testing.assert_close(grouped(batch).logits, full(batch).logits, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="not a multiple of kv_heads"):
         model(kv_heads=3)
+    # decoding's cache holds half the keys and values per slot, so groups take twice the slots
+    cpu = torch.device("cpu")
+    assert sc.decode_cache_tokens(grouped, cpu) == 2 * sc.decode_cache_tokens(full, cpu)
 
 
 def test_the_task_and_dihedral_vectors_change_the_output_and_learn():
