@@ -1,6 +1,6 @@
 """Where a training step of the `full` profile's sequence student spends its time, on CUDA:
-ms per step and tokens per second over 40 steps of the second epoch (the first, its last and
-smaller batch included, warms up and compiles), the graphs compiled by then, then
+ms per step and tokens per second over 40 steps of the second epoch (the first warms up and
+compiles), the graphs compiled by then, then
 torch.profiler's tables over 10 more (by host time and by GPU time). Config fields may be
 changed as on the command line: python scripts/profile_sequence_step.py [FIELD=VALUE ...],
 e.g. batch_size=64; --no-tables prints the speed alone."""
