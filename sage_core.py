@@ -3345,8 +3345,9 @@ def sequence_batches(pools: VersionPools, tokens_per_batch: int, seed: int, epoc
     in as few batches (index tensors of rows) of consecutive sequences as `tokens_per_batch`
     allows, of about equal tokens: each ends at the sequence that reaches its share of the
     epoch's tokens, so none holds more than its share plus one sequence, and no small last
-    batch takes a full step alone (nor brings a new shape to compile: a 3-row batch of the
-    fifth epoch coincided with a 20-s stall on an H200). A pure function of (seed, epoch),
+    batch takes a full step alone or compiles anew (the fifth epoch's last batch, 3 rows of
+    1,655 tokens, failed a guard of the compiled trunk, at least 4,097 tokens, on the CPU, and
+    its step stalled for about 20 s on an H200). A pure function of (seed, epoch),
     like epoch_batches; a batch smaller than `min_rows` (the number of processes) repeats its
     rows. Lengths come from the grid shapes, nothing is tokenized."""
     shuffle = np.random.default_rng([seed, epoch]).permutation(len(pools.examples))
