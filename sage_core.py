@@ -4267,16 +4267,18 @@ def step_accuracy(logits: torch.Tensor, target: torch.Tensor | PackedBatch) -> t
 
 def log_step(run: TrainingRun, result: StepResult) -> None:
     """The interval's record and printed line: loss parts, batch cell accuracy, learning rate,
-    gradient norm, and examples/s and MFU since the last line."""
+    gradient norm, examples/s and MFU since the last line, and the graphs torch.compile made."""
     _check_finite(run.pending, run.last)
     dt = time.perf_counter() - run.window["t"]
     values = {k: v.item() for k, v in run.pending[1].items()}
     cell_acc = step_accuracy(result.logits, result.target) * result.share
     values.update(cell_acc=_mean_over_processes({"a": cell_acc}, run.world)["a"].item(), lr=result.lr,
                   grad_norm=result.grad_norm.item(), examples_per_s=run.window["examples"] / dt,
-                  mfu=run.window["flops"] / dt / (run.peak * run.world) if run.peak else None)
+                  mfu=run.window["flops"] / dt / (run.peak * run.world) if run.peak else None,
+                  graphs=torch._dynamo.utils.counters["stats"]["unique_graphs"])   # compiled so far: a rise is a recompile
     run.log.record("train", run.state, values)
     mfu = f", mfu {100 * values['mfu']:.1f}%" if run.peak else ""
+    mfu += f", {values['graphs']} graphs compiled" if values["graphs"] else ""
     run.log.say(f"step {run.state.step}/{run.total}: loss {values['total']:.4f} (task {values['task']:.4f}"
                 + (f", feat {values['feat']:.4f}" if "feat" in values else "")
                 + f"), cell acc {values['cell_acc']:.3f}, lr {values['lr']:.2e}, grad "
@@ -4326,6 +4328,7 @@ def end_of_epoch(run: TrainingRun) -> str | None:
     when validation improved (writing ~1 GB each epoch would cost a short run a fifth of its
     time). -> 'early_stopping' once validation has not improved for `patience` epochs, else None."""
     _check_finite(run.pending, run.last)
+    started = time.perf_counter()
     state = run.state
     state.epoch += 1
     state.batch_in_epoch = 0
@@ -4346,7 +4349,7 @@ def end_of_epoch(run: TrainingRun) -> str | None:
         save_training(run, run.last)
     if improved and run.lead:
         shutil.copy(run.last, run.best)
-    run.reset_window()   # rates exclude validation
+    run.window["t"] += time.perf_counter() - started   # rates exclude validation, not the steps before it
     return "early_stopping" if state.epochs_since_best >= run.cfg["train"].patience else None
 
 

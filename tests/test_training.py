@@ -300,3 +300,27 @@ def test_a_budget_schedule_can_span_resumed_pieces(split, tmp_path, monkeypatch)
     assert abs(second["total_steps"] - first["total_steps"]) <= 0.2 * first["total_steps"]
     lrs = [r["lr"] for r in sc.read_metrics(tmp_path)["train"]]
     assert lrs[-1] == pytest.approx(0.1 * sc.TrainConfig.lr)   # the cosine ended in the second piece
+
+
+def test_logged_rates_count_every_step_but_not_validation(split, tmp_path, monkeypatch):
+    # Each step takes 1 s of a fake clock, the first epoch's last step 1,000 s (a graph
+    # compiling), each validation 100 s: the stall shows in one logged rate, though no line
+    # falls between it and the validation; no rate counts a validation.
+    clock = {"t": 0.0}
+    monkeypatch.setattr(sc.time, "perf_counter", lambda: clock["t"])
+    step, validate = sc.train_step, sc.validate_run
+    per_epoch = len(sc.training_batches(config(), sc.training_data(config(), split, None, "cpu").train, 0, 1))
+    def timed_step(run, rows):
+        clock["t"] += 1000.0 if run.state.step == per_epoch - 1 else 1.0
+        return step(run, rows)
+    def slow_validation(run):
+        clock["t"] += 100.0
+        return validate(run)
+    monkeypatch.setattr(sc, "train_step", timed_step)
+    monkeypatch.setattr(sc, "validate_run", slow_validation)
+    sc.train(config(epochs=3, log_every=5), split, tmp_path, progress=False)
+    records = sc.read_metrics(tmp_path)["train"]
+    assert per_epoch % 5 and len(records) >= 3               # the stalled step ends an epoch between two lines
+    stalled = [r for r in records if r["examples_per_s"] < 1]
+    assert [r["step"] for r in stalled] == [5 * (per_epoch // 5 + 1)]
+    assert all(r["examples_per_s"] >= 1 for r in records if r not in stalled)   # at least a row per step
