@@ -124,8 +124,9 @@ __all__ = [
     # 11. Configuration and runs
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
     "parameters_source", "config_params", "environment_record", "Run", "run_test_scores",
-    "results_table", "PEER_POINTS", "plot_budget_curve", "store_path", "training_store", "open_run",
-    "FIGURES_DIR", "publish_figures",
+    "results_table", "PEER_POINTS", "plot_budget_curve", "non_embedding_parameters", "study_table",
+    "seed_noise", "plot_accuracy_cost", "store_path", "training_store", "open_run", "FIGURES_DIR",
+    "publish_figures",
     # 12. Pipeline runner and CLI
     "NOTEBOOK_DIR", "list_notebooks", "run_pipeline", "torchrun", "sweep", "extract_features",
     "bench_data", "bench_teacher", "bench_students", "bench_train", "bench_sequence_train",
@@ -5947,6 +5948,97 @@ def plot_budget_curve(run_dirs: Sequence[str | os.PathLike], title: str = ""):
     return fig, rows
 
 
+def non_embedding_parameters(student: StudentConfig) -> int:
+    """A student's parameters less its embedding tables (task, dihedral and token vectors),
+    which grow with the tasks, not with the network: what "a tenth of the teacher" counts."""
+    model = build_student(student)
+    embedded = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
+    return _n_params(model) - embedded
+
+
+def study_table(root: str | os.PathLike, cost: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The distillation study's rows from its folder (scripts/sequence_study.sh): the evaluated
+    run folders under `root` grouped by row (a1, a2 -> a; teacher alone), each with its seeds'
+    pass@2 and their mean, the means of pass@1, exact grids and pixel accuracy, non-embedding
+    parameters, training minutes, the share of the teacher's pass@2 kept, whether it differs
+    from row (a) beyond seed noise (seed_noise), and from `cost` (cost_table's JSON) ms per test
+    input at batch 1 and inputs/s at the best batch. Scores are fractions."""
+    runs: dict[str, list[Path]] = {}
+    for folder in sorted(Path(root).iterdir()):
+        if (folder / "train_summary.json").exists() and run_test_scores(folder):
+            runs.setdefault(folder.name.rstrip("0123456789") or folder.name, []).append(folder)
+    served = {r["model"].split(":")[0]: r for r in (cost or {}).get("rows", [])[:-1]}   # the last: the stand-in
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    rows = []
+    for name, folders in runs.items():
+        scores = [run_test_scores(f) for f in folders]
+        config = config_from_record(json.loads((folders[0] / "train_config.json").read_text())["config"])
+        speed = [served[f.name] for f in folders if f.name in served]
+        rows.append({"row": name, "runs": [f.name for f in folders], "student": config["student"].student,
+                     "pass@2 by seed": [s["pass@2"] for s in scores], "pass@2": mean([s["pass@2"] for s in scores]),
+                     **{k: mean([s[k] for s in scores]) for k in ("pass@1", "exact", "pixel")},
+                     "non-embedding parameters": non_embedding_parameters(config["student"]),
+                     "training minutes": mean([json.loads((f / "train_summary.json").read_text())["seconds"] / 60
+                                               for f in folders]),
+                     "ms per input, batch 1": mean([r["ms_batch1"] for r in speed]) if speed else None,
+                     "inputs/s, best batch": mean([r["best_examples_per_s"] for r in speed]) if speed else None})
+    teacher = next((r for r in rows if r["row"] == "teacher"), None)
+    alone = next((r for r in rows if r["row"] == "a"), None)
+    for r in rows:
+        r["kept of the teacher's pass@2"] = r["pass@2"] / teacher["pass@2"] if teacher and teacher["pass@2"] else None
+        r["against (a)"] = seed_noise(r["pass@2 by seed"], alone["pass@2 by seed"]) if alone and r is not alone else "-"
+    return rows
+
+
+def seed_noise(scores: Sequence[float], reference: Sequence[float]) -> str:
+    """Whether one row's seeds differ from another's beyond seed noise: only when both have two
+    seeds or more and every seed of one is above every seed of the other."""
+    if len(scores) < 2 or len(reference) < 2:
+        return "one seed: cannot tell"
+    if min(scores) > max(reference):
+        return "above, beyond seed noise"
+    if max(scores) < min(reference):
+        return "below, beyond seed noise"
+    return "within seed noise"
+
+
+def plot_accuracy_cost(rows: Sequence[dict[str, Any]], cost: dict[str, Any], title: str = ""):
+    """The study on one plot: each row's mean pass@2 (its seeds as a bar) against its ms per
+    test input at batch 1 (log scale), the teacher among them; the GR00T-shaped stand-in's ms
+    at its input shape as a line (it answers no ARC task); 90% of the teacher's pass@2 as a
+    dotted line. -> Figure"""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in rows:
+        if r["ms per input, batch 1"] is None:
+            continue
+        seeds = [100 * v for v in r["pass@2 by seed"]]
+        y = 100 * r["pass@2"]
+        ax.errorbar(r["ms per input, batch 1"], y, yerr=[[y - min(seeds)], [max(seeds) - y]],
+                    fmt="*" if r["row"] == "teacher" else "o", markersize=10 if r["row"] == "teacher" else 6, capsize=3)
+        ax.annotate(f"{r['row']} ({r['non-embedding parameters'] / 1e6:.3g}M)", (r["ms per input, batch 1"], y),
+                    (6, 4), textcoords="offset points", fontsize=7)
+    if cost.get("rows"):   # cost_table's last row: the stand-in
+        standin = cost["rows"][-1]
+        ax.axvline(standin["ms_batch1"], color="grey", linestyle="--", linewidth=1)
+        name = standin["model"].removeprefix("teacher: ").split(":")[0]     # e.g. "standin (full)"
+        ax.text(standin["ms_batch1"], 0.5, f"GR00T-shaped {name}, {standin['ms_batch1']:.3g} ms: answers no task",
+                transform=ax.get_xaxis_transform(), rotation=90, va="center", ha="right", fontsize=7, color="grey")
+    teacher = next((r for r in rows if r["row"] == "teacher"), None)
+    if teacher:
+        ax.axhline(90 * teacher["pass@2"], color="grey", linestyle=":", linewidth=1)
+        ax.text(0.01, 90 * teacher["pass@2"], "90% of the teacher's pass@2", transform=ax.get_yaxis_transform(),
+                va="bottom", fontsize=7, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"ms per test input at batch 1 (whole answer written), {cost.get('device', '?')}")
+    ax.set_ylabel("ARC-AGI-1 evaluation pass@2 (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "accuracy against cost: teacher, students (bars: their seeds) and the stand-in", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def store_path(cfg: dict[str, Any], run_dir: str | os.PathLike) -> Path:
     """The feature store of a run: store_dir when set, else <run>/feature_store."""
     configured = cfg["store"].store_dir
@@ -6447,6 +6539,10 @@ def command_parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     k.add_argument("--preset", default="full", help="the stand-in's size: full (GR00T N1.5's shapes) | tiny")
     k.add_argument("checkpoints", nargs="+", help="checkpoint files, e.g. runs/study/a1/checkpoints/best.pt")
+    y = sub.add_parser("study", help="the distillation study's table from its folder and, with its cost.json, "
+                                     "the figure of accuracy against cost")
+    y.add_argument("root", help="the study's folder (scripts/sequence_study.sh), e.g. runs/sequence-study")
+    y.add_argument("--out", help="the figure's file, e.g. figures/sequence_study.png (needs ROOT/cost.json)")
     w = sub.add_parser("sweep", help="train and evaluate variants side by side, one GPU each; print the table")
     w.add_argument("--runs-root", required=True, help="one folder per variant is made under it")
     w.add_argument("--profile", default="default", choices=sorted(PROFILES))
@@ -6603,6 +6699,24 @@ def _command_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_study(args: argparse.Namespace) -> int:
+    """study_table printed (percentages, millions), and plot_accuracy_cost written with --out."""
+    cost_file = Path(args.root) / "cost.json"
+    cost = json.loads(cost_file.read_text()) if cost_file.exists() else None
+    rows = study_table(args.root, cost)
+    percent = lambda v: f"{100 * v:.2f}%" if v is not None else "-"  # noqa: E731
+    print(markdown_table([{**r, "pass@2 by seed": ", ".join(map(percent, r["pass@2 by seed"])), "runs": ", ".join(r["runs"]),
+                           **{k: percent(r[k]) for k in ("pass@2", "pass@1", "exact", "pixel", "kept of the teacher's pass@2")},
+                           "non-embedding parameters": f"{r['non-embedding parameters'] / 1e6:.2f}M"} for r in rows], digits=3))
+    if args.out:
+        if cost is None:
+            raise SystemExit(f"study: the figure needs {cost_file} (scripts/sequence_study.sh cost)")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        plot_accuracy_cost(rows, cost).savefig(args.out, dpi=120)
+        print(f"written to {args.out}")
+    return 0
+
+
 def _command_bench(args: argparse.Namespace) -> int:
     """Speed figures, printed and written to benchmarks/results/."""
     unknown = set(args.names) - set(BENCHMARKS)
@@ -6615,7 +6729,7 @@ def _command_bench(args: argparse.Namespace) -> int:
 COMMANDS = {"pipeline": _command_pipeline, "extract": _command_extract, "train": _command_train,
             "score": _command_score, "evaluate": _command_evaluate, "publish": _command_publish,
             "sweep": _command_sweep, "table": _command_table, "curve": _command_curve, "cost": _command_cost,
-            "bench": _command_bench}
+            "study": _command_study, "bench": _command_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,11 +1,14 @@
 """scripts/study.sh: each row trains what its name says (teacher terms included), on the CPU."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import sage_core as sc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,3 +72,30 @@ def test_sequence_study_rows_carry_their_teacher_terms_and_self_training(tmp_pat
     sequence_stage("cost", tmp_path)
     costs = json.loads((tmp_path / "cost.json").read_text())["rows"]
     assert [r["model"].split(":")[0] for r in costs] == ["a1", "b2", "c1", "d", "e1", "teacher", "teacher"]
+    # the study's table and figure from these folders (scores set by hand where arithmetic is checked)
+    shutil.copytree(tmp_path / "a1", tmp_path / "a2")
+    for name, score in {"teacher": 0.40, "a1": 0.30, "a2": 0.32, "b2": 0.36}.items():
+        (tmp_path / name / "test_scores.json").write_text(json.dumps(
+            {"pass@2": score, "pass@1": score / 2, "exact": score, "pixel": 0.9}))
+    table = {r["row"]: r for r in sc.study_table(tmp_path, json.loads((tmp_path / "cost.json").read_text()))}
+    assert set(table) == {"teacher", "a", "b", "c", "d", "e"} and table["a"]["runs"] == ["a1", "a2"]
+    assert table["a"]["pass@2"] == pytest.approx(0.31) and table["a"]["kept of the teacher's pass@2"] == pytest.approx(0.775)
+    assert table["b"]["against (a)"] == "one seed: cannot tell" and table["a"]["against (a)"] == "-"
+    assert table["teacher"]["non-embedding parameters"] > table["a"]["non-embedding parameters"]
+    assert all(r["ms per input, batch 1"] > 0 and r["inputs/s, best batch"] > 0 for r in table.values())
+    figure = tmp_path / "study.png"
+    assert sc.main(["study", str(tmp_path), "--out", str(figure)]) == 0 and figure.stat().st_size > 10_000
+
+
+def test_seed_noise_needs_every_seed_of_one_row_above_the_others():
+    assert sc.seed_noise([0.30, 0.32], [0.25, 0.28]) == "above, beyond seed noise"
+    assert sc.seed_noise([0.20, 0.22], [0.25, 0.28]) == "below, beyond seed noise"
+    assert sc.seed_noise([0.26, 0.32], [0.25, 0.28]) == "within seed noise"
+    assert sc.seed_noise([0.40], [0.25, 0.28]) == "one seed: cannot tell"
+
+
+def test_non_embedding_parameters_leave_out_the_embedding_tables():
+    cfg = sc.build_config("smoke", student="sequence", width=32, depth=2, heads=4)["student"]
+    model = sc.build_student(cfg, n_task_ids=50)
+    embedded = model.task.weight.numel() + model.dihedral.weight.numel() + model.token.weight.numel()
+    assert sc.non_embedding_parameters(cfg) == sc._n_params(model) - embedded
