@@ -17,6 +17,7 @@
 #   cost           the cost table (cost.json): every trained row's best checkpoint as served,
 #                  the teacher's, and the stand-in at its input shape, one after another
 #   all            every stage above in that order, seeds 1 and 2 for rows a, b, c and e
+# Then `python -m sage_core study ROOT --out figures/sequence_study.png`: the table and the figure.
 # Stages that need nothing from each other may run at once, one GPU each
 # (CUDA_VISIBLE_DEVICES=i scripts/sequence_study.sh a1 & ...). The original plan's features
 # student is scripts/study.sh's row d. Environment: PYTHON, PROFILE (full), GRID_PROFILE
