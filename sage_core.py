@@ -2602,7 +2602,8 @@ def decode_cache_tokens(model: SequenceStudent, device: torch.device) -> int:
     """Cache slots that fit 40% of the device's free memory (CUDA) or 1 GiB (CPU): a slot holds
     a key and a value of every layer, kv_heads heads wide (a group's size follows)."""
     block = model.blocks[0]
-    per_slot = 2 * len(model.blocks) * block.kv_heads * (model.cfg.width // block.heads) * (2 if device.type == "cuda" else 4)
+    bytes_per_value = 2 if device.type == "cuda" else 4
+    per_slot = 2 * len(model.blocks) * block.kv_heads * (model.cfg.width // block.heads) * bytes_per_value
     free = torch.cuda.mem_get_info(device)[0] * 0.4 if device.type == "cuda" else 1 << 30
     return int(free // per_slot)
 
@@ -3345,12 +3346,11 @@ def sequence_batches(pools: VersionPools, tokens_per_batch: int, seed: int, epoc
     """One epoch of the sequence student: every pair once in its epoch_versions row, shuffled,
     in as few batches (index tensors of rows) of consecutive sequences as `tokens_per_batch`
     allows, of about equal tokens: each ends at the sequence that reaches its share of the
-    epoch's tokens, so none holds more than its share plus one sequence, and no small last
-    batch takes a full step alone or compiles anew (the fifth epoch's last batch, 3 rows of
-    1,655 tokens, failed a guard of the compiled trunk, at least 4,097 tokens, on the CPU, and
-    its step stalled for about 20 s on an H200). A pure function of (seed, epoch),
-    like epoch_batches; a batch smaller than `min_rows` (the number of processes) repeats its
-    rows. Lengths come from the grid shapes, nothing is tokenized."""
+    epoch's tokens (at most its share plus one sequence). No small last batch then takes a full
+    step alone or compiles anew: one of 3 rows, 1,655 tokens, failed a size guard of the
+    compiled trunk on the CPU (at least 4,097 tokens) and stalled about 20 s on an H200. A pure
+    function of (seed, epoch), like epoch_batches; a batch smaller than `min_rows` (the number
+    of processes) repeats its rows. Lengths come from the grid shapes, nothing is tokenized."""
     shuffle = np.random.default_rng([seed, epoch]).permutation(len(pools.examples))
     rows = epoch_versions(pools, seed, epoch)[torch.from_numpy(shuffle)]
     ends = np.cumsum(pools.lengths[rows].numpy())
@@ -4276,7 +4276,7 @@ def log_step(run: TrainingRun, result: StepResult) -> None:
     values.update(cell_acc=_mean_over_processes({"a": cell_acc}, run.world)["a"].item(), lr=result.lr,
                   grad_norm=result.grad_norm.item(), examples_per_s=run.window["examples"] / dt,
                   mfu=run.window["flops"] / dt / (run.peak * run.world) if run.peak else None,
-                  graphs=torch._dynamo.utils.counters["stats"]["unique_graphs"])   # compiled so far: a rise is a recompile
+                  graphs=torch._dynamo.utils.counters["stats"]["unique_graphs"])   # a rise is a recompile
     run.log.record("train", run.state, values)
     mfu = f", mfu {100 * values['mfu']:.1f}%" if run.peak else ""
     mfu += f", {values['graphs']} graphs compiled" if values["graphs"] else ""
@@ -6705,9 +6705,12 @@ def _command_study(args: argparse.Namespace) -> int:
     cost = json.loads(cost_file.read_text()) if cost_file.exists() else None
     rows = study_table(args.root, cost)
     percent = lambda v: f"{100 * v:.2f}%" if v is not None else "-"  # noqa: E731
-    print(markdown_table([{**r, "pass@2 by seed": ", ".join(map(percent, r["pass@2 by seed"])), "runs": ", ".join(r["runs"]),
-                           **{k: percent(r[k]) for k in ("pass@2", "pass@1", "exact", "pixel", "kept of the teacher's pass@2")},
-                           "non-embedding parameters": f"{r['non-embedding parameters'] / 1e6:.2f}M"} for r in rows], digits=3))
+    shares = ("pass@2", "pass@1", "exact", "pixel", "kept of the teacher's pass@2")
+    print(markdown_table([{**r, "runs": ", ".join(r["runs"]),
+                           "pass@2 by seed": ", ".join(map(percent, r["pass@2 by seed"])),
+                           **{k: percent(r[k]) for k in shares},
+                           "non-embedding parameters": f"{r['non-embedding parameters'] / 1e6:.2f}M"} for r in rows],
+                         digits=3))
     if args.out:
         if cost is None:
             raise SystemExit(f"study: the figure needs {cost_file} (scripts/sequence_study.sh cost)")
