@@ -5963,15 +5963,16 @@ def study_table(root: str | os.PathLike, cost: dict[str, Any] | None = None) -> 
     parameters, training minutes, the share of the teacher's pass@2 kept, whether it differs
     from row (a) beyond seed noise (seed_noise), and from `cost` (cost_table's JSON) ms per test
     input at batch 1 and inputs/s at the best batch. Scores are fractions."""
-    runs: dict[str, list[Path]] = {}
+    runs: dict[str, list[tuple[Path, dict[str, Any]]]] = {}   # row -> its (folder, test scores)
     for folder in sorted(Path(root).iterdir()):
-        if (folder / "train_summary.json").exists() and run_test_scores(folder):
-            runs.setdefault(folder.name.rstrip("0123456789") or folder.name, []).append(folder)
+        scores = run_test_scores(folder) if (folder / "train_summary.json").exists() else {}
+        if scores:
+            runs.setdefault(folder.name.rstrip("0123456789") or folder.name, []).append((folder, scores))
     served = {r["model"].split(":")[0]: r for r in (cost or {}).get("rows", [])[:-1]}   # the last: the stand-in
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     rows = []
-    for name, folders in runs.items():
-        scores = [run_test_scores(f) for f in folders]
+    for name, evaluated in runs.items():
+        folders, scores = zip(*evaluated)
         config = config_from_record(json.loads((folders[0] / "train_config.json").read_text())["config"])
         speed = [served[f.name] for f in folders if f.name in served]
         rows.append({"row": name, "runs": [f.name for f in folders], "student": config["student"].student,
