@@ -2636,50 +2636,108 @@ def writing_state(written: np.ndarray) -> tuple[int, int, int]:
     return int(col[-1]), int(row[-1]), int(row_ends[0]) if len(row_ends) else 0
 
 
-@torch.no_grad()
-def _decode_group(model: SequenceStudent, prompts: Sequence[TokenSequence], max_new_tokens: int,
-                  states: Sequence[tuple[int, int, int]] | None = None, check_every: int = 16) -> list[Decoded]:
-    """greedy_decode of one group whose cache fits at once; `states` (writing_state) continue
-    prompts that end inside an output."""
-    device = model.head.weight.device
-    n = len(prompts)
-    cache, logits = _prefill(model, prompts, max(len(p.tokens) for p in prompts) + max_new_tokens)
-    task = torch.tensor([p.task for p in prompts], device=device)
-    dihedral = torch.tensor([p.dihedral for p in prompts], device=device)
-    rows = torch.arange(n, device=device)           # each live sequence's prompt
-    col, row, width = torch.tensor(states or [(0, 0, 0)] * n, dtype=torch.long, device=device).reshape(n, 3).T
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    logprob = torch.zeros(n, device=device)
-    written = torch.full((n, max_new_tokens), TOKEN_END, dtype=torch.long, device=device)
-    kept = torch.full((n,), max_new_tokens, dtype=torch.long, device=device)
-    for t in range(max_new_tokens):
-        logp = F.log_softmax(logits.float(), -1)
+class _GroupWriting:
+    """One decoding group's greedy writing, every tensor on the device and updated in place by
+    step(), so that one step captured as a CUDA graph (capture) replays on the same tensors:
+    no host work per token but the graph's launch. Where a sequence stands: its prompt's row
+    (rows), the next input (logits), cells so far in its row (col), rows done, the first row's
+    width (0 until it ends), whether it stopped; what it wrote, how many of those it keeps, and
+    their summed log-probability, by prompt."""
+
+    def __init__(self, model: SequenceStudent, prompts: Sequence[TokenSequence], max_new_tokens: int,
+                 states: Sequence[tuple[int, int, int]] | None):
+        device = model.head.weight.device
+        n = len(prompts)
+        self.model = model
+        self.cache, self.logits = _prefill(model, prompts, max(len(p.tokens) for p in prompts) + max_new_tokens)
+        self.task = torch.tensor([p.task for p in prompts], device=device)
+        self.dihedral = torch.tensor([p.dihedral for p in prompts], device=device)
+        self.rows = torch.arange(n, device=device)
+        self.col, self.row, self.width = torch.tensor(states or [(0, 0, 0)] * n, dtype=torch.long,
+                                                      device=device).reshape(n, 3).T.contiguous()
+        self.done = torch.zeros(n, dtype=torch.bool, device=device)
+        self.t = torch.zeros(1, dtype=torch.long, device=device)   # tokens written so far (an index, no sync)
+        self.logprob = torch.zeros(n, device=device)
+        self.written = torch.full((n, max_new_tokens), TOKEN_END, dtype=torch.long, device=device)
+        self.kept = torch.full((n,), max_new_tokens, dtype=torch.long, device=device)
+
+    def step(self) -> None:
+        """Write one token for every sequence still in the group (a stopped one writes nothing
+        more) and feed it: its keys and values join the cache, the next logits replace these."""
+        logp = F.log_softmax(self.logits.float(), -1)
         token = logp.argmax(-1)
-        logprob[rows] += torch.where(done, 0.0, logp.gather(1, token[:, None])[:, 0])
-        written[rows, t] = torch.where(done, TOKEN_END, token)
+        rows, done, col, row, width = self.rows, self.done, self.col, self.row, self.width
+        self.logprob[rows] += torch.where(done, 0.0, logp.gather(1, token[:, None])[:, 0])
+        self.written[rows, self.t] = torch.where(done, TOKEN_END, token)
         stops = ~done & (_special(token) | _breaks_grid(token, col, row, width))
-        kept[rows] = torch.where(stops, t + 1, kept[rows])
+        self.kept[rows] = torch.where(stops, self.t + 1, self.kept[rows])
         done |= stops
         colour, row_end = token < 10, token == TOKEN_ROW_END
         positions = torch.stack([torch.where(colour | row_end, col.clamp(max=MAX_GRID), 0),
                                  torch.where(colour | row_end, row.clamp(max=MAX_GRID - 1), 0),
                                  torch.where(colour | row_end, 3, 4)], -1)
-        width = torch.where(row_end & (width == 0), col, width)
-        col = torch.where(colour, col + 1, torch.where(row_end, 0, col))
-        row = row + row_end.long()
-        if t == max_new_tokens - 1:
-            break
-        if t % check_every == check_every - 1:   # the one wait for the device: drop finished sequences
-            live = torch.nonzero(~done)[:, 0]
-            if not len(live):
+        width.copy_(torch.where(row_end & (width == 0), col, width))
+        col.copy_(torch.where(colour, col + 1, torch.where(row_end, 0, col)))
+        row += row_end.long()
+        self.logits.copy_(self.model.decode_step(token, positions, self.task, self.dihedral, self.cache))
+        self.t += 1
+
+    def capture(self) -> "torch.cuda.CUDAGraph | None":
+        """step() recorded as a CUDA graph (not run: replay() runs it), or None where recording
+        fails (it is then never tried again in this process, and writing goes on eagerly)."""
+        global _DECODE_GRAPHS
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.step()
+        except RuntimeError as error:
+            logging.getLogger(__name__).warning("decoding steps run eagerly: %s", error)
+            _DECODE_GRAPHS = False
+            return None
+        return graph
+
+    def keep_live(self) -> bool:
+        """Drop the stopped sequences (they cost nothing more). -> whether any sequence is left"""
+        live = torch.nonzero(~self.done)[:, 0]       # the one wait for the device
+        if len(live) < len(self.rows):
+            self.rows, self.logits, self.col, self.row, self.width, self.done, self.task, self.dihedral = (
+                x[live] for x in (self.rows, self.logits, self.col, self.row, self.width, self.done,
+                                  self.task, self.dihedral))
+            self.cache.keep(live)
+        return len(live) > 0
+
+
+# Whether decoding records its steps as CUDA graphs (where it runs on CUDA with
+# FlashAttention's kernel): one launch per token instead of a few hundred, each costing host
+# time that a group of short prompts otherwise spends waiting. Off until measured on a GPU
+# (scripts/bench_decode_graphs.py turns it on for its second pass).
+_DECODE_GRAPHS = False
+
+
+@torch.no_grad()
+def _decode_group(model: SequenceStudent, prompts: Sequence[TokenSequence], max_new_tokens: int,
+                  states: Sequence[tuple[int, int, int]] | None = None, check_every: int = 16) -> list[Decoded]:
+    """greedy_decode of one group whose cache fits at once; `states` (writing_state) continue
+    prompts that end inside an output. Every check_every tokens the stopped sequences leave;
+    between, on CUDA, the first step after a change of size runs eagerly and is recorded as a
+    graph that the next ones replay."""
+    group = _GroupWriting(model, prompts, max_new_tokens, states)
+    graph = None
+    for t in range(max_new_tokens):
+        if graph is None:
+            group.step()
+            if _DECODE_GRAPHS and _FLASH_DECODING.get(group.logits.device):   # as the step found
+                graph = group.capture()
+        else:
+            graph.replay()
+        if t % check_every == check_every - 1 and t < max_new_tokens - 1:
+            size = len(group.rows)
+            if not group.keep_live():
                 break
-            if len(live) < len(rows):
-                rows, token, positions, col, row, width, done, task, dihedral = (
-                    x[live] for x in (rows, token, positions, col, row, width, done, task, dihedral))
-                cache.keep(live)
-        logits = model.decode_step(token, positions, task, dihedral, cache)
-    written_host, kept_host, logprob_host = written.cpu().numpy(), kept.cpu().tolist(), logprob.cpu().tolist()
-    return [Decoded(tokens[:k], lp) for tokens, k, lp in zip(written_host, kept_host, logprob_host)]
+            if len(group.rows) < size:
+                graph = None
+    written, kept, logprob = group.written.cpu().numpy(), group.kept.cpu().tolist(), group.logprob.cpu().tolist()
+    return [Decoded(tokens[:k], lp) for tokens, k, lp in zip(written, kept, logprob)]
 
 
 # Cache regions are first sized for this many written tokens: most ARC answers are shorter (a
