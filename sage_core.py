@@ -3567,7 +3567,13 @@ class StackedMuon(torch.optim.Muon):
     row_beta > 0 makes it NorMuon (Z. Li et al., 2025), mdlARC's optimiser: each row of the
     orthogonalised update is divided by the root of its running mean square (decay row_beta),
     then the update is rescaled to the norm it had, so no output neuron moves much more than
-    another. Its state gains "row_second_moment" (rows, 1)."""
+    another. Its state gains "row_second_moment" (rows, 1).
+
+    Memory is read as little as the update allows: each update is written once, into the bf16
+    stack Newton-Schulz reads, and added once (NorMuon's scaling as a factor per row). For the
+    75.5M block matrices on a 2-core CPU, the step's passes over memory (Newton-Schulz off)
+    took 289 ms instead of 699 ms with a float32 stack and whole-matrix normalisation (not yet
+    timed on a GPU, where they were most of the optimiser's 7-8 ms per step)."""
 
     def __init__(self, params, row_beta: float = 0.0, **options):
         super().__init__(params, **options)
@@ -3575,14 +3581,18 @@ class StackedMuon(torch.optim.Muon):
             group.setdefault("row_beta", row_beta)
 
     @staticmethod
-    def normalise_rows(ortho: torch.Tensor, second: torch.Tensor, beta: float) -> torch.Tensor:
-        """NorMuon's step on a stack (k, rows, cols): running row mean squares `second` (k, rows, 1)
-        updated in place; rows divided by their root, the whole rescaled to its former norm."""
-        ortho = ortho.float()
-        second.lerp_(ortho.square().mean(-1, keepdim=True), 1 - beta)
-        normed = ortho / (second.sqrt() + 1e-10)
-        scale = ortho.norm(dim=(-2, -1), keepdim=True) / (normed.norm(dim=(-2, -1), keepdim=True) + 1e-10)
-        return normed * scale
+    def row_factors(ortho: torch.Tensor, second: torch.Tensor, beta: float) -> torch.Tensor:
+        """NorMuon's step on a stack (k, rows, cols) as a factor per row (k, rows, 1): running row
+        mean squares `second` updated in place; each row divided by their root, the whole
+        rescaled to its former norm. Both norms follow from the rows' mean squares, so no pass
+        over the matrices is needed beyond reading them once."""
+        cols = ortho.shape[-1]
+        mean_square = torch.linalg.vector_norm(ortho, dim=-1, keepdim=True, dtype=torch.float32).square() / cols
+        second.lerp_(mean_square, 1 - beta)
+        inverse = 1 / (second.sqrt() + 1e-10)
+        norm = (cols * mean_square.sum((-2, -1), keepdim=True)).sqrt()
+        normed_norm = (cols * (mean_square * inverse.square()).sum((-2, -1), keepdim=True)).sqrt()
+        return inverse * norm / (normed_norm + 1e-10)
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
@@ -3593,23 +3603,31 @@ class StackedMuon(torch.optim.Muon):
             grads = [p.grad for p in params]
             buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
             torch._foreach_lerp_(buffers, grads, 1 - group["momentum"])
-            updates = torch._foreach_lerp(grads, buffers, group["momentum"]) if group["nesterov"] else buffers
             lr = group["lr"]
             torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
             by_shape: dict[tuple[int, ...], list[int]] = {}
             for i, p in enumerate(params):
                 by_shape.setdefault(tuple(p.shape), []).append(i)
             for shape, index in by_shape.items():
-                ortho = orthogonalise(torch.stack([updates[i] for i in index]), group["ns_coefficients"],
-                                      group["ns_steps"], group["eps"])
+                # each update written straight into the stack, in the bf16 Newton-Schulz reads
+                updates = params[0].new_empty((len(index), *shape), dtype=torch.bfloat16)
+                for row, i in zip(updates, index):
+                    if group["nesterov"]:
+                        torch.lerp(grads[i], buffers[i], group["momentum"], out=row)
+                    else:
+                        row.copy_(buffers[i])
+                ortho = orthogonalise(updates, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                alpha = -lr * muon_lr_ratio(shape, group["adjust_lr_fn"])
                 if group["row_beta"]:
                     seconds = [self.state[params[i]].setdefault("row_second_moment", params[i].new_zeros(
                         shape[0], 1, dtype=torch.float32)) for i in index]
                     stacked = torch.stack(seconds)
-                    ortho = self.normalise_rows(ortho, stacked, group["row_beta"])
+                    factors = self.row_factors(ortho, stacked, group["row_beta"])
                     torch._foreach_copy_(seconds, list(stacked))
-                torch._foreach_add_([params[i] for i in index], [o.to(params[i].dtype) for i, o in zip(index, ortho)],
-                                    alpha=-lr * muon_lr_ratio(shape, group["adjust_lr_fn"]))
+                    for i, o, f in zip(index, ortho, factors):
+                        params[i].addcmul_(o, f, value=alpha)
+                else:
+                    torch._foreach_add_([params[i] for i in index], list(ortho), alpha=alpha)
 
 
 def muon_matrices(model: torch.nn.Module) -> list[str]:
