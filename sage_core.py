@@ -3573,7 +3573,7 @@ class StackedMuon(torch.optim.Muon):
     stack Newton-Schulz reads, and added once (NorMuon's scaling as a factor per row). For the
     75.5M block matrices on a 2-core CPU, the step's passes over memory (Newton-Schulz off)
     took 289 ms instead of 699 ms with a float32 stack and whole-matrix normalisation (not yet
-    timed on a GPU, where they were most of the optimiser's 7-8 ms per step)."""
+    timed on a GPU, where the whole optimiser step took 7-8 ms of a training step)."""
 
     def __init__(self, params, row_beta: float = 0.0, **options):
         super().__init__(params, **options)
