@@ -2201,10 +2201,21 @@ class PackedBatch:
         return len(self.bounds) - 1
 
 
+def _to_device(array: np.ndarray, device: str | torch.device) -> torch.Tensor:
+    """A host array on `device`. To CUDA through pinned memory without waiting: a copy from
+    pageable memory waits for all the GPU's queued work, so the host could not prepare the
+    next training step while the GPU runs this one."""
+    t = torch.from_numpy(array)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def pack_sequences(sequences: Sequence[TokenSequence], device: str | torch.device = "cpu",
                    pad_to: int = 1) -> PackedBatch:
-    """Concatenate sequences into one PackedBatch on `device` (one host-to-device copy); the
-    stream's length is rounded up to a multiple of pad_to (fewer shapes for torch.compile)."""
+    """Concatenate sequences into one PackedBatch on `device` (two host-to-device copies that
+    the host does not wait for); the stream's length is rounded up to a multiple of pad_to
+    (fewer shapes for torch.compile)."""
     if not sequences:
         raise ValueError("nothing to pack")
     lengths = np.array([len(s.tokens) for s in sequences])
@@ -2224,9 +2235,9 @@ def pack_sequences(sequences: Sequence[TokenSequence], device: str | torch.devic
     cols[7, :real] = np.repeat([s.dihedral for s in sequences], lengths)
     cols[8] = n
     cols[8, :real] = np.repeat(np.arange(n), lengths)
-    t = torch.from_numpy(cols).to(device)
+    t = _to_device(cols, device)
     return PackedBatch(t[0], t[1:4].T.contiguous(), t[4], t[5].bool(),
-                       torch.from_numpy(cu).to(device, torch.int32), int(lengths.max()),
+                       _to_device(cu.astype(np.int32), device), int(lengths.max()),
                        t[6], t[7], t[8], tuple(cu.tolist()))
 
 
