@@ -22,6 +22,14 @@ def config(**kw):
     return sc.build_config("smoke", **{**base, **kw})
 
 
+def test_it_validates_every_val_every_epochs_and_at_the_last(split, tmp_path):
+    out = sc.train(config(epochs=5, val_every=2, checkpoint_every=3), split, tmp_path, progress=False)
+    assert out["epochs"] == 5                                         # validated: 2 and 4, 3 (a checkpoint), 5 (the last)
+    assert [r["epoch"] for r in sc.read_metrics(tmp_path)["val"]] == [2, 3, 4, 5]
+    with pytest.raises(ValueError, match="val_every counts epochs"):
+        config(val_every=0)
+
+
 def test_it_trains_validates_and_keeps_checkpoints(split, tmp_path):
     out = sc.train(config(), split, tmp_path, progress=False)
     assert out["student"] == "sequence" and out["stop"] == "epochs" and out["epochs"] == 2
