@@ -3627,7 +3627,7 @@ class StackedMuon(torch.optim.Muon):
             for i, p in enumerate(params):
                 by_shape.setdefault(tuple(p.shape), []).append(i)
             for shape, index in by_shape.items():
-                # each update written straight into the stack, in the bf16 Newton-Schulz reads
+                # each update is written straight into the bf16 stack that Newton-Schulz reads
                 updates = params[0].new_empty((len(index), *shape), dtype=torch.bfloat16)
                 for row, i in zip(updates, index):
                     if group["nesterov"]:
