@@ -2291,7 +2291,7 @@ def static_bounds(batch: PackedBatch) -> tuple[torch.Tensor, int]:
     bounds = [*batch.bounds, *range(end + GRAPH_MAX_LEN, total, GRAPH_MAX_LEN)]
     bounds += [total] * (bounds[-1] < total)
     bounds += [total] * (-(len(bounds) - 1) % GRAPH_SLOTS)
-    return torch.tensor(bounds, dtype=torch.int32, device=batch.tokens.device), GRAPH_MAX_LEN
+    return _to_device(np.array(bounds, np.int32), batch.tokens.device), GRAPH_MAX_LEN
 
 
 @torch.compiler.disable
@@ -2525,7 +2525,7 @@ class DecodeCache:
 
     def fill(self, kv: list[tuple[torch.Tensor, torch.Tensor]], batch: PackedBatch, first: int) -> None:
         """A packed forward's keys and values as sequences first, first + 1, ... of the cache."""
-        bounds = torch.tensor(batch.bounds, device=self.used.device)
+        bounds = batch.cu_seqlens.long()
         sequence = batch.doc + first
         slot = torch.arange(len(batch.tokens), device=bounds.device) - bounds[batch.doc]
         for (keys, values), (k, v) in zip(self.layers, kv):
@@ -2633,7 +2633,7 @@ def _prefill(model: SequenceStudent, prompts: Sequence[TokenSequence], capacity:
         out = model(batch, keep_kv=True)
         cache = cache or DecodeCache.empty(len(prompts), capacity, out.kv)
         cache.fill(out.kv, batch, start)
-        logits.append(out.logits[torch.tensor(batch.bounds[1:], device=device) - 1])
+        logits.append(out.logits[batch.cu_seqlens[1:].long() - 1])
         start = stop
     return cache, torch.cat(logits)
 
@@ -2842,7 +2842,7 @@ def greedy_decode_uncached(model: SequenceStudent, prompts: Sequence[TokenSequen
         while active:
             batch = pack_sequences([continued_prompt(prompts[i], written[i]) for i in active], device)
             with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(batch).logits[torch.tensor(batch.bounds[1:], device=device) - 1]
+                logits = model(batch).logits[batch.cu_seqlens[1:].long() - 1]
             logp = F.log_softmax(logits.float(), -1).cpu()
             token = logp.argmax(-1)
             for j, i in enumerate(active):
