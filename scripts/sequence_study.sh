@@ -4,8 +4,9 @@
 # same wall-clock budget, then writes and votes the evaluation tasks' test inputs.
 #   scripts/sequence_study.sh STAGE [ROOT]     ROOT: the study's folder (default runs/sequence-study)
 # Stages, in an order that respects what each needs:
-#   teacher        the `full` profile's sequence student (76M) for TEACHER_BUDGET seconds, scored:
-#                  its checkpoint and its voted answers (predictions.json) teach the rows below
+#   teacher        the `full` profile's sequence student (76M), as the profile sets it (345 s) or for
+#                  TEACHER_BUDGET seconds, scored: its checkpoint and its voted answers
+#                  (predictions.json) teach the rows below
 #   standin-store  the GR00T-shaped stand-in's pooled features of every pair (row e)
 #   aN             (a) the small sequence student alone, seed N (a1, a2, ...)
 #   bN             (b) the same with the teacher's per-token distributions (w_kd, teacher-forced)
@@ -21,7 +22,7 @@
 # Stages that need nothing from each other may run at once, one GPU each
 # (CUDA_VISIBLE_DEVICES=i scripts/sequence_study.sh a1 & ...). The original plan's features
 # student is scripts/study.sh's row d. Environment: PYTHON, PROFILE (full), GRID_PROFILE
-# (full_grid), DEVICE (cuda), BUDGET (seconds per student row, 345), TEACHER_BUDGET (345),
+# (full_grid), DEVICE (cuda), BUDGET (seconds per student row, 345), TEACHER_BUDGET (the profile's),
 # PRESET (stand-in size, full), STUDENT (the small student, a tenth of the teacher's block
 # parameters), TEACHER (settings of the teacher beyond its profile), EXTRA (settings for every
 # row, e.g. max_tasks=3 to try it on a few tasks).
@@ -43,7 +44,7 @@ row() { train "$1" "$profile" $(fit "${BUDGET:-345}") $student seed="$2" "${@:3}
 taught="teacher=sage teacher_path=$teacher/checkpoints/best.pt w_kd=1"
 case $stage in
   # shellcheck disable=SC2046,SC2086
-  teacher) train teacher "$profile" $(fit "${TEACHER_BUDGET:-345}") ${TEACHER:-} ;;
+  teacher) train teacher "$profile" ${TEACHER_BUDGET:+$(fit "$TEACHER_BUDGET")} ${TEACHER:-} ;;
   standin-store) $py -m sage_core extract --teacher standin --teacher-preset "$preset" --store "$root/store-standin" \
                    --profile "$profile" --device "$device" --batch-size 16 --set ${EXTRA:-} ;;
   a[0-9]*) row "$stage" "${stage#a}" ;;
