@@ -124,7 +124,7 @@ __all__ = [
     # 11. Configuration and runs
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
     "parameters_source", "config_params", "environment_record", "Run", "run_test_scores",
-    "results_table", "PEER_POINTS", "plot_budget_curve", "non_embedding_parameters", "study_table",
+    "results_table", "PEER_POINTS", "plot_budget_curve", "non_embedding_parameters", "study_costs", "study_table",
     "seed_noise", "plot_accuracy_cost", "store_path", "training_store", "open_run", "FIGURES_DIR",
     "publish_figures",
     # 12. Pipeline runner and CLI
@@ -6061,31 +6061,40 @@ def non_embedding_parameters(student: StudentConfig) -> int:
     return _n_params(model) - embedded
 
 
-def study_table(root: str | os.PathLike, cost: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def study_costs(root: str | os.PathLike) -> list[dict[str, Any]]:
+    """The study's cost tables (cost_table's JSON files, ROOT/cost*.json, in name order): one
+    per process, each with its own stand-in row, since a teacher's checkpoint lives only as long
+    as the machine that trained it and the rows trained later are timed in a later process."""
+    return [json.loads(f.read_text()) for f in sorted(Path(root).glob("cost*.json"))]
+
+
+def study_table(root: str | os.PathLike, costs: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """The distillation study's rows from its folder (scripts/sequence_study.sh): the evaluated
     run folders under `root` grouped by row (a1, a2 -> a; teacher alone), each with its seeds'
     pass@2 and their mean, the means of pass@1, exact grids and pixel accuracy, non-embedding
-    parameters, training minutes, the share of the teacher's pass@2 kept, whether it differs
-    from row (a) beyond seed noise (seed_noise), and from `cost` (cost_table's JSON) ms per test
-    input at batch 1 and inputs/s at the best batch. Scores are fractions."""
+    parameters, training minutes and steps (a teacher run beside the student costs steps in
+    the same minutes), the share of the teacher's pass@2 kept, whether it differs from row (a)
+    beyond seed noise (seed_noise), and from `costs` (study_costs) ms per test input at batch 1
+    and inputs/s at the best batch. Scores are fractions."""
     runs: dict[str, list[tuple[Path, dict[str, Any]]]] = {}   # row -> its (folder, test scores)
     for folder in sorted(Path(root).iterdir()):
         scores = run_test_scores(folder) if (folder / "train_summary.json").exists() else {}
         if scores:
             runs.setdefault(folder.name.rstrip("0123456789") or folder.name, []).append((folder, scores))
-    served = {r["model"].split(":")[0]: r for r in (cost or {}).get("rows", [])[:-1]}   # the last: the stand-in
+    served = {r["model"].split(":")[0]: r for c in costs for r in c["rows"][:-1]}   # each one's last: the stand-in
     mean = lambda values: sum(values) / len(values)  # noqa: E731
     rows = []
     for name, evaluated in runs.items():
         folders, scores = zip(*evaluated)
         config = config_from_record(json.loads((folders[0] / "train_config.json").read_text())["config"])
         speed = [served[f.name] for f in folders if f.name in served]
+        summaries = [json.loads((f / "train_summary.json").read_text()) for f in folders]
         rows.append({"row": name, "runs": [f.name for f in folders], "student": config["student"].student,
                      "pass@2 by seed": [s["pass@2"] for s in scores], "pass@2": mean([s["pass@2"] for s in scores]),
                      **{k: mean([s[k] for s in scores]) for k in ("pass@1", "exact", "pixel")},
                      "non-embedding parameters": non_embedding_parameters(config["student"]),
-                     "training minutes": mean([json.loads((f / "train_summary.json").read_text())["seconds"] / 60
-                                               for f in folders]),
+                     "training minutes": mean([m["seconds"] / 60 for m in summaries]),
+                     "training steps": mean([m["steps"] for m in summaries]),
                      "ms per input, batch 1": mean([r["ms_batch1"] for r in speed]) if speed else None,
                      "inputs/s, best batch": mean([r["best_examples_per_s"] for r in speed]) if speed else None})
     teacher = next((r for r in rows if r["row"] == "teacher"), None)
@@ -6108,11 +6117,11 @@ def seed_noise(scores: Sequence[float], reference: Sequence[float]) -> str:
     return "within seed noise"
 
 
-def plot_accuracy_cost(rows: Sequence[dict[str, Any]], cost: dict[str, Any], title: str = ""):
+def plot_accuracy_cost(rows: Sequence[dict[str, Any]], costs: Sequence[dict[str, Any]], title: str = ""):
     """The study on one plot: each row's mean pass@2 (its seeds as a bar) against its ms per
     test input at batch 1 (log scale), the teacher among them; the GR00T-shaped stand-in's ms
-    at its input shape as a line (it answers no ARC task); 90% of the teacher's pass@2 as a
-    dotted line. -> Figure"""
+    at its input shape (the mean over the cost tables' processes) as a line (it answers no ARC
+    task); 90% of the teacher's pass@2 as a dotted line. -> Figure"""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in rows:
@@ -6124,19 +6133,22 @@ def plot_accuracy_cost(rows: Sequence[dict[str, Any]], cost: dict[str, Any], tit
                     fmt="*" if r["row"] == "teacher" else "o", markersize=10 if r["row"] == "teacher" else 6, capsize=3)
         ax.annotate(f"{r['row']} ({r['non-embedding parameters'] / 1e6:.3g}M)", (r["ms per input, batch 1"], y),
                     (6, 4), textcoords="offset points", fontsize=7)
-    if cost.get("rows"):   # cost_table's last row: the stand-in
-        standin = cost["rows"][-1]
-        ax.axvline(standin["ms_batch1"], color="grey", linestyle="--", linewidth=1)
-        name = standin["model"].removeprefix("teacher: ").split(":")[0]     # e.g. "standin (full)"
-        ax.text(standin["ms_batch1"], 0.5, f"GR00T-shaped {name}, {standin['ms_batch1']:.3g} ms: answers no task",
+    standins = [c["rows"][-1] for c in costs if c.get("rows")]   # each cost table's last row: the stand-in
+    if standins:
+        ms = sum(r["ms_batch1"] for r in standins) / len(standins)
+        ax.axvline(ms, color="grey", linestyle="--", linewidth=1)
+        name = standins[0]["model"].removeprefix("teacher: ").split(":")[0]     # e.g. "standin (full)"
+        ax.text(ms, 0.5, f"GR00T-shaped {name}, {ms:.3g} ms: answers no task",
                 transform=ax.get_xaxis_transform(), rotation=90, va="center", ha="right", fontsize=7, color="grey")
+    devices = sorted({c.get("environment", {}).get("device_name") or c.get("device", "?") for c in costs})
     teacher = next((r for r in rows if r["row"] == "teacher"), None)
     if teacher:
         ax.axhline(90 * teacher["pass@2"], color="grey", linestyle=":", linewidth=1)
-        ax.text(0.01, 90 * teacher["pass@2"], "90% of the teacher's pass@2", transform=ax.get_yaxis_transform(),
-                va="bottom", fontsize=7, color="grey")
+        ax.text(0.99, 90 * teacher["pass@2"], "90% of the teacher's pass@2", transform=ax.get_yaxis_transform(),
+                va="top", ha="right", fontsize=7, color="grey")
     ax.set_xscale("log")
-    ax.set_xlabel(f"ms per test input at batch 1 (whole answer written), {cost.get('device', '?')}")
+    ax.margins(x=0.12)   # room for the labels of the outermost points
+    ax.set_xlabel(f"ms per test input at batch 1 (whole answer written), {', '.join(devices) or '?'}")
     ax.set_ylabel("ARC-AGI-1 evaluation pass@2 (%)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
@@ -6795,33 +6807,40 @@ def _command_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cost_markdown(cost: dict[str, Any]) -> str:
+    return markdown_table([{k: v for k, v in r.items() if k != "peak_mib_best_batch"} for r in cost["rows"]], digits=3)
+
+
 def _command_cost(args: argparse.Namespace) -> int:
     """cost_table of checkpoints: printed as a table and written as JSON with its environment."""
     table = cost_table(args.checkpoints, args.device, args.preset)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     _write_json(Path(args.out), {**table, "environment": environment_record(table["device"])})
-    print(markdown_table([{k: v for k, v in r.items() if k != "peak_mib_best_batch"} for r in table["rows"]], digits=3))
+    print(_cost_markdown(table))
     print(f"written to {args.out}")
     return 0
 
 
 def _command_study(args: argparse.Namespace) -> int:
-    """study_table printed (percentages, millions), and plot_accuracy_cost written with --out."""
-    cost_file = Path(args.root) / "cost.json"
-    cost = json.loads(cost_file.read_text()) if cost_file.exists() else None
-    rows = study_table(args.root, cost)
+    """study_table printed (percentages, millions), then each cost table (study_costs) with
+    its device, and plot_accuracy_cost written with --out."""
+    costs = study_costs(args.root)
+    rows = study_table(args.root, costs)
     percent = lambda v: f"{100 * v:.2f}%" if v is not None else "-"  # noqa: E731
     shares = ("pass@2", "pass@1", "exact", "pixel", "kept of the teacher's pass@2")
-    print(markdown_table([{**r, "runs": ", ".join(r["runs"]),
+    print(markdown_table([{**{k: "-" if v is None else v for k, v in r.items()}, "runs": ", ".join(r["runs"]),
                            "pass@2 by seed": ", ".join(map(percent, r["pass@2 by seed"])),
                            **{k: percent(r[k]) for k in shares},
                            "non-embedding parameters": f"{r['non-embedding parameters'] / 1e6:.2f}M"} for r in rows],
                          digits=3))
+    for cost in costs:
+        print(f"\ncost, one process on {cost.get('environment', {}).get('device_name') or cost['device']}:")
+        print(_cost_markdown(cost))
     if args.out:
-        if cost is None:
-            raise SystemExit(f"study: the figure needs {cost_file} (scripts/sequence_study.sh cost)")
+        if not costs:
+            raise SystemExit(f"study: the figure needs {Path(args.root) / 'cost.json'} (scripts/sequence_study.sh cost)")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        plot_accuracy_cost(rows, cost).savefig(args.out, dpi=120)
+        plot_accuracy_cost(rows, costs).savefig(args.out, dpi=120)
         print(f"written to {args.out}")
     return 0
 

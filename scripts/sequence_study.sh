@@ -15,10 +15,12 @@
 #   d              (d) the grid student (profile full_grid) with the teacher's voted answers to the
 #                  test inputs as extra training pairs; its training pairs keep their own outputs
 #   eN             (e) the control: (a) with the stand-in's pooled features (w_feat), seed N
-#   cost           the cost table (cost.json): every trained row's best checkpoint as served,
-#                  the teacher's, and the stand-in at its input shape, one after another
+#   cost           a cost table (COST, default cost.json): every row's best checkpoint still
+#                  present as served, the teacher's, and the stand-in at its input shape, one
+#                  after another in one process; rows trained on a later machine get their own
+#                  table (COST=cost-2.json), since the teacher's checkpoint is not kept
 #   all            every stage above in that order, seeds 1 and 2 for rows a, b, c and e
-# Then `python -m sage_core study ROOT --out figures/sequence_study.png`: the table and the figure.
+# Then `python -m sage_core study ROOT --out figures/sequence_study.png`: the tables and the figure.
 # Stages that need nothing from each other may run at once, one GPU each
 # (CUDA_VISIBLE_DEVICES=i scripts/sequence_study.sh a1 & ...). The original plan's features
 # student is scripts/study.sh's row d. Environment: PYTHON, PROFILE (full), GRID_PROFILE
@@ -55,7 +57,7 @@ case $stage in
   # shellcheck disable=SC2046
   d) train d "${GRID_PROFILE:-full_grid}" $(fit "${BUDGET:-345}") schedule=budget w_feat=0 self_train="$teacher/predictions.json" ;;
   e[0-9]*) row "$stage" "${stage#e}" teacher=standin teacher_preset="$preset" store_dir="$root/store-standin" w_feat=0.5 ;;
-  cost) $py -m sage_core cost --out "$root/cost.json" --device "$device" --preset "$preset" \
+  cost) $py -m sage_core cost --out "$root/${COST:-cost.json}" --device "$device" --preset "$preset" \
           "$root"/*/checkpoints/best.pt ;;
   all) for s in teacher standin-store a1 a2 b1 b2 c1 c2 d e1 e2 cost; do bash "$0" "$s" "$root"; done ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;

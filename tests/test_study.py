@@ -77,8 +77,15 @@ def test_sequence_study_rows_carry_their_teacher_terms_and_self_training(tmp_pat
     for name, score in {"teacher": 0.40, "a1": 0.30, "a2": 0.32, "b2": 0.36}.items():
         (tmp_path / name / "test_scores.json").write_text(json.dumps(
             {"pass@2": score, "pass@1": score / 2, "exact": score, "pixel": 0.9}))
-    table = {r["row"]: r for r in sc.study_table(tmp_path, json.loads((tmp_path / "cost.json").read_text()))}
+    # a second process times what a later machine trained (a2 here), beside its own stand-in
+    later = json.loads((tmp_path / "cost.json").read_text())
+    later["rows"] = [{**later["rows"][0], "model": "a2: as a1", "ms_batch1": 3 * later["rows"][0]["ms_batch1"]},
+                     later["rows"][-1]]
+    (tmp_path / "cost-2.json").write_text(json.dumps(later))
+    table = {r["row"]: r for r in sc.study_table(tmp_path, sc.study_costs(tmp_path))}
     assert set(table) == {"teacher", "a", "b", "c", "d", "e"} and table["a"]["runs"] == ["a1", "a2"]
+    assert table["a"]["ms per input, batch 1"] == pytest.approx(2 * costs[0]["ms_batch1"])   # a1's and a2's mean
+    assert table["a"]["training steps"] == json.loads((tmp_path / "a1" / "train_summary.json").read_text())["steps"]
     assert table["a"]["pass@2"] == pytest.approx(0.31) and table["a"]["kept of the teacher's pass@2"] == pytest.approx(0.775)
     assert table["b"]["against (a)"] == "one seed: cannot tell" and table["a"]["against (a)"] == "-"
     assert table["teacher"]["non-embedding parameters"] > table["a"]["non-embedding parameters"]
