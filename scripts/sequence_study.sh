@@ -7,6 +7,9 @@
 #   teacher        the `full` profile's sequence student (76M), as the profile sets it (345 s) or for
 #                  TEACHER_BUDGET seconds, scored: its checkpoint and its voted answers
 #                  (predictions.json) teach the rows below
+#   warm           a throwaway row (WARM_BUDGET seconds, 40; not scored) under $TMPDIR, not ROOT:
+#                  the first student on a machine compiles its kernels cold, inside its budget;
+#                  run it first on every machine so that the rows' seeds differ only by seed
 #   standin-store  the GR00T-shaped stand-in's pooled features of every pair (row e)
 #   aN             (a) the small sequence student alone, seed N (a1, a2, ...)
 #   bN             (b) the same with the teacher's per-token distributions (w_kd, teacher-forced)
@@ -40,7 +43,7 @@ student=${STUDENT:-width=256 depth=6 heads=4}   # 6.3M in its blocks against the
 fit() { echo "seconds_budget=$1 schedule_seconds=$(( $1 * 92 / 100 ))"; }   # the schedule ends before the budget
 train() {   # train ROW PROFILE SETTINGS...
   # shellcheck disable=SC2086
-  $py -m sage_core train --profile "$2" --run-dir "$root/$1" --evaluate --set device="$device" ${EXTRA:-} "${@:3}"
+  $py -m sage_core train --profile "$2" --run-dir "$root/$1" ${evaluate---evaluate} --set device="$device" ${EXTRA:-} "${@:3}"
 }
 row() { train "$1" "$profile" $(fit "${BUDGET:-345}") $student seed="$2" "${@:3}"; }
 taught="teacher=sage teacher_path=$teacher/checkpoints/best.pt w_kd=1"
@@ -49,6 +52,7 @@ case $stage in
   teacher) train teacher "$profile" ${TEACHER_BUDGET:+$(fit "$TEACHER_BUDGET")} ${TEACHER:-} ;;
   standin-store) $py -m sage_core extract --teacher standin --teacher-preset "$preset" --store "$root/store-standin" \
                    --profile "$profile" --device "$device" --batch-size 16 --set ${EXTRA:-} ;;
+  warm) root=${TMPDIR:-/tmp}/sage-study-warm evaluate='' BUDGET=${WARM_BUDGET:-40}; rm -rf "$root"; row warm 0 ;;
   a[0-9]*) row "$stage" "${stage#a}" ;;
   # shellcheck disable=SC2086
   b[0-9]*) row "$stage" "${stage#b}" $taught ;;

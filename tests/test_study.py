@@ -42,16 +42,20 @@ def test_study_rows_carry_their_teacher_terms(tmp_path):
 
 def sequence_stage(name, root):
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "PRESET": "tiny", "BUDGET": "2",
-           "TEACHER_BUDGET": "3", "GRID_PROFILE": "smoke", "EXTRA": "max_tasks=3 augmentations=3",
+           "TEACHER_BUDGET": "3", "WARM_BUDGET": "2", "GRID_PROFILE": "smoke", "EXTRA": "max_tasks=3 augmentations=3",
            "TEACHER": "width=32 depth=2 heads=4", "STUDENT": "width=16 depth=2 heads=2"}
     subprocess.run(["bash", str(ROOT / "scripts" / "sequence_study.sh"), name, str(root)], cwd=ROOT, env=env,
                    check=True, capture_output=True)
     return root / name
 
 
-def test_sequence_study_rows_carry_their_teacher_terms_and_self_training(tmp_path):
-    for name in ("teacher", "standin-store"):
+def test_sequence_study_rows_carry_their_teacher_terms_and_self_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))
+    for name in ("warm", "teacher", "standin-store"):
         sequence_stage(name, tmp_path)
+    warmed = tmp_path / "scratch" / "sage-study-warm" / "warm"    # compiled once, outside the study's folder
+    assert (warmed / "checkpoints" / "best.pt").exists() and not (warmed / "predictions.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch", "store-standin", "teacher"]
     answers = tmp_path / "teacher" / "predictions.json"
     assert json.loads(answers.read_text())                              # the teacher's voted answers
     rows = {name: config(sequence_stage(name, tmp_path)) for name in ("a1", "b2", "c1", "d", "e1")}
