@@ -63,6 +63,6 @@ case $stage in
   e[0-9]*) row "$stage" "${stage#e}" teacher=standin teacher_preset="$preset" store_dir="$root/store-standin" w_feat=0.5 ;;
   cost) $py -m sage_core cost --out "$root/${COST:-cost.json}" --device "$device" --preset "$preset" \
           "$root"/*/checkpoints/best.pt ;;
-  all) for s in teacher standin-store a1 a2 b1 b2 c1 c2 d e1 e2 cost; do bash "$0" "$s" "$root"; done ;;
+  all) for s in warm teacher standin-store a1 a2 b1 b2 c1 c2 d e1 e2 cost; do bash "$0" "$s" "$root"; done ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
