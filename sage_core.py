@@ -115,7 +115,7 @@ __all__ = [
     "Evaluation", "training_teacher", "evaluate_run", "score_table", "pair_scores", "SIZE_BINS",
     "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
     "plot_accuracy_by_size", "plot_decoding", "plot_inspection", "SEED_TARGETS", "measure_speed",
-    "speed_batches", "speed_profile", "compiled_speed", "student_speed", "decoding_speed",
+    "speed_batches", "speed_profile", "compiled_speed", "student_speed", "test_prompts", "median_prompt", "decoding_speed",
     "trained_student_speed", "teacher_speed", "cost_table", "speed_comparison", "speed_table",
     "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment", "block_attention",
     "attention_rollout", "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE",
@@ -5345,6 +5345,17 @@ def student_speed(model: torch.nn.Module, device: str, side: int = MAX_GRID, n_t
     return row
 
 
+def test_prompts(split: Split) -> list[TokenSequence]:
+    """The prompts of the split's test inputs in their original orientation, as timed."""
+    task = task_rows(split.tasks)
+    return [pair_sequence(split.pair(e), task=task[e.task_id], prompt=True) for e in split.test]
+
+
+def median_prompt(prompts: Sequence[TokenSequence]) -> TokenSequence:
+    """The prompt of median length: the one a batch-1 timing writes an answer to."""
+    return sorted(prompts, key=lambda p: len(p.tokens))[len(prompts) // 2]
+
+
 def decoding_speed(model: SequenceStudent, prompts: Sequence[TokenSequence], device: str,
                    batch_sizes: Sequence[int] | None = None) -> dict[str, Any]:
     """The sequence student writing whole answers (greedy_decode, as it is scored): ms per test
@@ -5352,7 +5363,7 @@ def decoding_speed(model: SequenceStudent, prompts: Sequence[TokenSequence], dev
     prompts in turn, repeated to fill it), peak memory; float32 weights under bf16 autocast on
     CUDA, float32 on the CPU. Its time depends on how long the answers it writes are."""
     model = model.to(device).eval()
-    median = sorted(prompts, key=lambda p: len(p.tokens))[len(prompts) // 2]
+    median = median_prompt(prompts)
     turn = [median] + [p for p in prompts if p is not median]
     timing = dict(repeats=3, warmup=1) if device.startswith("cuda") else dict(repeats=1, warmup=1)
     return speed_profile(lambda batch: greedy_decode(model, batch), lambda b: ([turn[i % len(turn)] for i in range(b)],),
@@ -5376,10 +5387,8 @@ def trained_student_speed(ck: dict[str, Any], split: Split, device: str) -> tupl
     student = student_from_checkpoint(ck, device)
     rows = []
     if isinstance(student, SequenceStudent):
-        task = task_rows(split.tasks)
-        prompts = [pair_sequence(split.pair(e), task=task[e.task_id], prompt=True) for e in split.test]
         rows.append({"model": "sequence student (whole answers written, greedy)", "parameters": _n_params(student),
-                     **decoding_speed(student, prompts, device)})
+                     **decoding_speed(student, test_prompts(split), device)})
     else:
         tasks = sorted({e.task_id for e in split.test})
         sides = sorted(canvas_side(split.tasks[t], student.cfg.canvas_bucket) for t in tasks)
