@@ -125,8 +125,8 @@ __all__ = [
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
     "parameters_source", "config_params", "environment_record", "Run", "run_test_scores",
     "results_table", "PEER_POINTS", "plot_budget_curve", "non_embedding_parameters", "study_costs", "study_table",
-    "seed_noise", "plot_accuracy_cost", "store_path", "training_store", "open_run", "FIGURES_DIR",
-    "publish_figures",
+    "seed_noise", "plot_accuracy_cost", "plot_accuracy_steps", "store_path", "training_store", "open_run",
+    "FIGURES_DIR", "publish_figures",
     # 12. Pipeline runner and CLI
     "NOTEBOOK_DIR", "list_notebooks", "run_pipeline", "torchrun", "sweep", "extract_features",
     "bench_data", "bench_teacher", "bench_students", "bench_train", "bench_sequence_train",
@@ -6071,18 +6071,21 @@ def non_embedding_parameters(student: StudentConfig) -> int:
 
 
 def study_costs(root: str | os.PathLike) -> list[dict[str, Any]]:
-    """The study's cost tables (cost_table's JSON files, ROOT/cost*.json, in name order): one
-    per process, each with its own stand-in row, since a teacher's checkpoint lives only as long
-    as the machine that trained it and the rows trained later are timed in a later process."""
-    return [json.loads(f.read_text()) for f in sorted(Path(root).glob("cost*.json"))]
+    """The study's cost tables (cost_table's JSON files: ROOT/cost.json, then ROOT/cost-*.json
+    in name order): one per process, each with its own stand-in row, since a teacher's
+    checkpoint lives only as long as the machine that trained it and the rows trained later
+    are timed in a later process."""
+    files = sorted(Path(root).glob("cost*.json"), key=lambda f: (f.name != "cost.json", f.name))
+    return [json.loads(f.read_text()) for f in files]
 
 
 def study_table(root: str | os.PathLike, costs: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """The distillation study's rows from its folder (scripts/sequence_study.sh): the evaluated
     run folders under `root` grouped by row (a1, a2 -> a; teacher alone), each with its seeds'
     pass@2 and their mean, the means of pass@1, exact grids and pixel accuracy, non-embedding
-    parameters, training minutes and steps (a teacher run beside the student costs steps in
-    the same minutes), the share of the teacher's pass@2 kept, whether it differs from row (a)
+    parameters, training minutes, each seed's steps (a teacher run beside the student costs
+    steps in the same minutes, and so does a slower host: a small student's step waits on
+    Python, not on the GPU), the share of the teacher's pass@2 kept, whether it differs from row (a)
     beyond seed noise (seed_noise), and from `costs` (study_costs) ms per test input at batch 1
     and inputs/s at the best batch. Scores are fractions."""
     runs: dict[str, list[tuple[Path, dict[str, Any]]]] = {}   # row -> its (folder, test scores)
@@ -6103,7 +6106,7 @@ def study_table(root: str | os.PathLike, costs: Sequence[dict[str, Any]] = ()) -
                      **{k: mean([s[k] for s in scores]) for k in ("pass@1", "exact", "pixel")},
                      "non-embedding parameters": non_embedding_parameters(config["student"]),
                      "training minutes": mean([m["seconds"] / 60 for m in summaries]),
-                     "training steps": mean([m["steps"] for m in summaries]),
+                     "training steps by seed": [m["steps"] for m in summaries],
                      "ms per input, batch 1": mean([r["ms_batch1"] for r in speed]) if speed else None,
                      "inputs/s, best batch": mean([r["best_examples_per_s"] for r in speed]) if speed else None})
     teacher = next((r for r in rows if r["row"] == "teacher"), None)
@@ -6127,12 +6130,14 @@ def seed_noise(scores: Sequence[float], reference: Sequence[float]) -> str:
 
 
 def plot_accuracy_cost(rows: Sequence[dict[str, Any]], costs: Sequence[dict[str, Any]], title: str = ""):
-    """The study on one plot: each row's mean pass@2 (its seeds as a bar) against its ms per
-    test input at batch 1 (log scale), the teacher among them; the GR00T-shaped stand-in's ms
-    at its input shape (the mean over the cost tables' processes) as a line (it answers no ARC
-    task); 90% of the teacher's pass@2 as a dotted line. -> Figure"""
+    """The study on one figure. Left: each row's mean pass@2 (its seeds as a bar) against its
+    ms per test input at batch 1 (log scale), the teacher among them; the GR00T-shaped
+    stand-in's ms at its input shape (the mean over the cost tables' processes) as a line (it
+    answers no ARC task); 90% of the teacher's pass@2 as a dotted line. Right: every run's
+    pass@2 against the steps its budget allowed, since those differ between rows and hosts.
+    -> Figure"""
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (ax, by_steps) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     for r in rows:
         if r["ms per input, batch 1"] is None:
             continue
@@ -6153,8 +6158,8 @@ def plot_accuracy_cost(rows: Sequence[dict[str, Any]], costs: Sequence[dict[str,
     teacher = next((r for r in rows if r["row"] == "teacher"), None)
     if teacher:
         ax.axhline(90 * teacher["pass@2"], color="grey", linestyle=":", linewidth=1)
-        ax.text(0.99, 90 * teacher["pass@2"], "90% of the teacher's pass@2", transform=ax.get_yaxis_transform(),
-                va="top", ha="right", fontsize=7, color="grey")
+        ax.text(0.01, 90 * teacher["pass@2"], "90% of the teacher's pass@2", transform=ax.get_yaxis_transform(),
+                va="top", ha="left", fontsize=7, color="grey")
     ax.set_xscale("log")
     ax.margins(x=0.12)   # room for the labels of the outermost points
     ax.set_xlabel(f"ms per test input at batch 1 (whole answer written), {', '.join(devices) or '?'}")
@@ -6162,8 +6167,25 @@ def plot_accuracy_cost(rows: Sequence[dict[str, Any]], costs: Sequence[dict[str,
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.set_title(title or "accuracy against cost: teacher, students (bars: their seeds) and the stand-in", fontsize=9)
+    plot_accuracy_steps(by_steps, rows)
     fig.tight_layout()
     return fig
+
+
+def plot_accuracy_steps(ax, rows: Sequence[dict[str, Any]]) -> None:
+    """On `ax`: each run of the study's rows (study_table) as a point, its pass@2 against the
+    training steps it took, one colour per row, named by run."""
+    for r in rows:
+        steps, scores = r["training steps by seed"], [100 * v for v in r["pass@2 by seed"]]
+        ax.plot(steps, scores, "*" if r["row"] == "teacher" else "o", label=r["row"])
+        for run, x, y in zip(r["runs"], steps, scores):
+            ax.annotate(run, (x, y), (5, -9), textcoords="offset points", fontsize=6)
+    ax.set_xlabel("training steps in the row's budget")
+    ax.set_ylabel("ARC-AGI-1 evaluation pass@2 (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("each run: pass@2 against the steps it took", fontsize=9)
 
 
 def store_path(cfg: dict[str, Any], run_dir: str | os.PathLike) -> Path:
@@ -6839,6 +6861,7 @@ def _command_study(args: argparse.Namespace) -> int:
     shares = ("pass@2", "pass@1", "exact", "pixel", "kept of the teacher's pass@2")
     print(markdown_table([{**{k: "-" if v is None else v for k, v in r.items()}, "runs": ", ".join(r["runs"]),
                            "pass@2 by seed": ", ".join(map(percent, r["pass@2 by seed"])),
+                           "training steps by seed": ", ".join(map(str, r["training steps by seed"])),
                            **{k: percent(r[k]) for k in shares},
                            "non-embedding parameters": f"{r['non-embedding parameters'] / 1e6:.2f}M"} for r in rows],
                          digits=3))

@@ -89,7 +89,7 @@ def test_sequence_study_rows_carry_their_teacher_terms_and_self_training(tmp_pat
     table = {r["row"]: r for r in sc.study_table(tmp_path, sc.study_costs(tmp_path))}
     assert set(table) == {"teacher", "a", "b", "c", "d", "e"} and table["a"]["runs"] == ["a1", "a2"]
     assert table["a"]["ms per input, batch 1"] == pytest.approx(2 * costs[0]["ms_batch1"])   # a1's and a2's mean
-    assert table["a"]["training steps"] == json.loads((tmp_path / "a1" / "train_summary.json").read_text())["steps"]
+    assert table["a"]["training steps by seed"] == 2 * [json.loads((tmp_path / "a1" / "train_summary.json").read_text())["steps"]]
     assert table["a"]["pass@2"] == pytest.approx(0.31) and table["a"]["kept of the teacher's pass@2"] == pytest.approx(0.775)
     assert table["b"]["against (a)"] == "one seed: cannot tell" and table["a"]["against (a)"] == "-"
     assert table["teacher"]["non-embedding parameters"] > table["a"]["non-embedding parameters"]
