@@ -27,7 +27,8 @@
 # Stages that need nothing from each other may run at once, one GPU each
 # (CUDA_VISIBLE_DEVICES=i scripts/sequence_study.sh a1 & ...). The original plan's features
 # student is scripts/study.sh's row d. Environment: PYTHON, PROFILE (full), GRID_PROFILE
-# (full_grid), DEVICE (cuda), BUDGET (seconds per student row, 345), TEACHER_BUDGET (the profile's),
+# (full_grid), DEVICE (cuda), BUDGET (seconds per student row, 345), EPOCHS (instead: epochs per
+# sequence row, a, b, c and e; row d keeps BUDGET), TEACHER_BUDGET (the profile's),
 # PRESET (stand-in size, full), STUDENT (the small student, a tenth of the teacher's block
 # parameters), TEACHER (settings of the teacher beyond its profile), EXTRA (settings for every
 # row, e.g. max_tasks=3 to try it on a few tasks).
@@ -45,14 +46,17 @@ train() {   # train ROW PROFILE SETTINGS...
   # shellcheck disable=SC2086
   $py -m sage_core train --profile "$2" --run-dir "$root/$1" ${evaluate---evaluate} --set device="$device" ${EXTRA:-} "${@:3}"
 }
-row() { train "$1" "$profile" $(fit "${BUDGET:-345}") $student seed="$2" "${@:3}"; }
+# EPOCHS: rows a, b, c and e span that many epochs (the same steps each) instead of the budget,
+# so that neither the host's speed nor a teacher's forward decides how far a row gets
+span() { if [ -n "${EPOCHS:-}" ]; then echo "schedule=epochs epochs=$EPOCHS seconds_budget=0"; else fit "${BUDGET:-345}"; fi; }
+row() { train "$1" "$profile" $(span) $student seed="$2" "${@:3}"; }
 taught="teacher=sage teacher_path=$teacher/checkpoints/best.pt w_kd=1"
 case $stage in
   # shellcheck disable=SC2046,SC2086
   teacher) train teacher "$profile" ${TEACHER_BUDGET:+$(fit "$TEACHER_BUDGET")} ${TEACHER:-} ;;
   standin-store) $py -m sage_core extract --teacher standin --teacher-preset "$preset" --store "$root/store-standin" \
                    --profile "$profile" --device "$device" --batch-size 16 --set ${EXTRA:-} ;;
-  warm) root=${TMPDIR:-/tmp}/sage-study-warm evaluate='' BUDGET=${WARM_BUDGET:-40}; rm -rf "$root"; row warm 0 ;;
+  warm) root=${TMPDIR:-/tmp}/sage-study-warm evaluate='' BUDGET=${WARM_BUDGET:-40} EPOCHS=''; rm -rf "$root"; row warm 0 ;;
   a[0-9]*) row "$stage" "${stage#a}" ;;
   # shellcheck disable=SC2086
   b[0-9]*) row "$stage" "${stage#b}" $taught ;;

@@ -40,10 +40,10 @@ def test_study_rows_carry_their_teacher_terms(tmp_path):
         stage("e", tmp_path)
 
 
-def sequence_stage(name, root):
+def sequence_stage(name, root, **settings):
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "PRESET": "tiny", "BUDGET": "2",
            "TEACHER_BUDGET": "3", "WARM_BUDGET": "2", "GRID_PROFILE": "smoke", "EXTRA": "max_tasks=3 augmentations=3",
-           "TEACHER": "width=32 depth=2 heads=4", "STUDENT": "width=16 depth=2 heads=2"}
+           "TEACHER": "width=32 depth=2 heads=4", "STUDENT": "width=16 depth=2 heads=2", **settings}
     subprocess.run(["bash", str(ROOT / "scripts" / "sequence_study.sh"), name, str(root)], cwd=ROOT, env=env,
                    check=True, capture_output=True)
     return root / name
@@ -96,6 +96,16 @@ def test_sequence_study_rows_carry_their_teacher_terms_and_self_training(tmp_pat
     assert all(r["ms per input, batch 1"] > 0 and r["inputs/s, best batch"] > 0 for r in table.values())
     figure = tmp_path / "study.png"
     assert sc.main(["study", str(tmp_path), "--out", str(figure)]) == 0 and figure.stat().st_size > 10_000
+
+
+def test_sequence_study_epochs_set_every_rows_length_but_not_the_warm_up_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))
+    row = sequence_stage("a3", tmp_path, EPOCHS="2", BUDGET="1")   # a budget too short for 2 epochs
+    summary = json.loads((row / "train_summary.json").read_text())
+    assert (summary["epochs"], summary["stop"], config(row)["train"]["seconds_budget"]) == (2, "epochs", 0)
+    sequence_stage("warm", tmp_path, EPOCHS="2")
+    warmed = config(tmp_path / "scratch" / "sage-study-warm" / "warm")
+    assert (warmed["train"]["schedule"], warmed["train"]["seconds_budget"]) == ("budget", 2)
 
 
 def test_seed_noise_needs_every_seed_of_one_row_above_the_others():
