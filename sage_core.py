@@ -6084,10 +6084,10 @@ def study_table(root: str | os.PathLike, costs: Sequence[dict[str, Any]] = ()) -
     run folders under `root` grouped by row (a1, a2 -> a; teacher alone), each with its seeds'
     pass@2 and their mean, the means of pass@1, exact grids and pixel accuracy, non-embedding
     parameters, training minutes, each seed's steps (a teacher run beside the student costs
-    steps in the same minutes, and so does a slower host: a small student's step waits on
-    Python, not on the GPU), the share of the teacher's pass@2 kept, whether it differs from row (a)
-    beyond seed noise (seed_noise), and from `costs` (study_costs) ms per test input at batch 1
-    and inputs/s at the best batch. Scores are fractions."""
+    steps in the same minutes, and so does a slower host: a small student's step waits on the
+    host, not on the GPU), the share of the teacher's pass@2 kept, whether it differs from row
+    (a) beyond seed noise (seed_noise), and from `costs` (study_costs) ms per test input at
+    batch 1 and inputs/s at the best batch. Scores are fractions."""
     runs: dict[str, list[tuple[Path, dict[str, Any]]]] = {}   # row -> its (folder, test scores)
     for folder in sorted(Path(root).iterdir()):
         scores = run_test_scores(folder) if (folder / "train_summary.json").exists() else {}

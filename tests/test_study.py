@@ -89,7 +89,8 @@ def test_sequence_study_rows_carry_their_teacher_terms_and_self_training(tmp_pat
     table = {r["row"]: r for r in sc.study_table(tmp_path, sc.study_costs(tmp_path))}
     assert set(table) == {"teacher", "a", "b", "c", "d", "e"} and table["a"]["runs"] == ["a1", "a2"]
     assert table["a"]["ms per input, batch 1"] == pytest.approx(2 * costs[0]["ms_batch1"])   # a1's and a2's mean
-    assert table["a"]["training steps by seed"] == 2 * [json.loads((tmp_path / "a1" / "train_summary.json").read_text())["steps"]]
+    a1_steps = json.loads((tmp_path / "a1" / "train_summary.json").read_text())["steps"]
+    assert table["a"]["training steps by seed"] == [a1_steps, a1_steps]                  # a2 is a1's copy
     assert table["a"]["pass@2"] == pytest.approx(0.31) and table["a"]["kept of the teacher's pass@2"] == pytest.approx(0.775)
     assert table["b"]["against (a)"] == "one seed: cannot tell" and table["a"]["against (a)"] == "-"
     assert table["teacher"]["non-embedding parameters"] > table["a"]["non-embedding parameters"]
@@ -100,7 +101,7 @@ def test_sequence_study_rows_carry_their_teacher_terms_and_self_training(tmp_pat
 
 def test_sequence_study_epochs_set_every_rows_length_but_not_the_warm_up_rows(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path / "scratch"))
-    row = sequence_stage("a3", tmp_path, EPOCHS="2", BUDGET="1")   # a budget too short for 2 epochs
+    row = sequence_stage("a3", tmp_path, EPOCHS="2", BUDGET="1")   # EPOCHS wins over the budget
     summary = json.loads((row / "train_summary.json").read_text())
     assert (summary["epochs"], summary["stop"], config(row)["train"]["seconds_budget"]) == (2, "epochs", 0)
     sequence_stage("warm", tmp_path, EPOCHS="2")
