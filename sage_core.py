@@ -3599,6 +3599,14 @@ class StackedMuon(torch.optim.Muon):
         for group in self.param_groups:
             group.setdefault("row_beta", row_beta)
 
+    def state_tensor(self, p: torch.Tensor, key: str, make) -> torch.Tensor:
+        """self.state[p][key], made as make(p) on the first step only: dict.setdefault would make
+        (allocate and zero) a new one on every step, one kernel per matrix."""
+        state = self.state[p]
+        if key not in state:
+            state[key] = make(p)
+        return state[key]
+
     @staticmethod
     def row_factors(ortho: torch.Tensor, second: torch.Tensor, beta: float) -> torch.Tensor:
         """NorMuon's step on a stack (k, rows, cols) as a factor per row (k, rows, 1): running row
@@ -3620,7 +3628,7 @@ class StackedMuon(torch.optim.Muon):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
+            buffers = [self.state_tensor(p, "momentum_buffer", torch.zeros_like) for p in params]
             torch._foreach_lerp_(buffers, grads, 1 - group["momentum"])
             lr = group["lr"]
             torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
@@ -3638,8 +3646,9 @@ class StackedMuon(torch.optim.Muon):
                 ortho = orthogonalise(updates, group["ns_coefficients"], group["ns_steps"], group["eps"])
                 alpha = -lr * muon_lr_ratio(shape, group["adjust_lr_fn"])
                 if group["row_beta"]:
-                    seconds = [self.state[params[i]].setdefault("row_second_moment", params[i].new_zeros(
-                        shape[0], 1, dtype=torch.float32)) for i in index]
+                    seconds = [self.state_tensor(params[i], "row_second_moment",
+                                                 lambda p: p.new_zeros(shape[0], 1, dtype=torch.float32))
+                               for i in index]
                     stacked = torch.stack(seconds)
                     factors = self.row_factors(ortho, stacked, group["row_beta"])
                     torch._foreach_copy_(seconds, list(stacked))

@@ -316,6 +316,22 @@ def test_normuon_normalises_each_rows_step_as_the_paper_says():
     assert all(r.std() / r.mean() < 0.5 for r in rows_before)            # rows moved alike
 
 
+def test_stacked_muon_makes_its_state_on_the_first_step_only(monkeypatch):
+    params = [torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(4, 8))]
+    opt = sc.StackedMuon(params, lr=0.02, row_beta=0.9)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    state = [dict(opt.state[p]) for p in params]
+
+    def no_new_state(*args, **kwargs):
+        raise AssertionError("a step after the first made new state")
+    monkeypatch.setattr(torch, "zeros_like", no_new_state)
+    monkeypatch.setattr(torch.Tensor, "new_zeros", no_new_state)
+    opt.step()                                                            # the buffers made once, updated in place
+    assert all(opt.state[p][k] is s[k] for p, s in zip(params, state) for k in ("momentum_buffer", "row_second_moment"))
+
+
 def test_normuon_and_the_attention_decay_reach_their_groups():
     model = sc.build_student(config()["student"], 3)
     loss = sc.DistillLoss(sc.LossConfig(), 32, 32)
