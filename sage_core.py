@@ -115,8 +115,8 @@ __all__ = [
     "Evaluation", "training_teacher", "evaluate_run", "score_table", "pair_scores", "SIZE_BINS",
     "accuracy_by_size", "difference_grid", "gallery_pairs", "plot_prediction_gallery",
     "plot_accuracy_by_size", "plot_decoding", "plot_inspection", "SEED_TARGETS", "measure_speed",
-    "speed_batches", "speed_profile", "compiled_speed", "student_speed", "test_prompts", "median_prompt", "decoding_speed",
-    "trained_student_speed", "teacher_speed", "cost_table", "speed_comparison", "speed_table",
+    "speed_batches", "speed_profile", "compiled_speed", "student_speed", "test_prompts", "median_prompt",
+    "decoding_speed", "trained_student_speed", "teacher_speed", "cost_table", "speed_comparison", "speed_table",
     "speed_ratios", "plot_speed", "feature_alignment", "plot_alignment", "block_attention",
     "attention_rollout", "cell_attention_maps", "map_correlations", "ATTENTION_UNAVAILABLE",
     "attention_similarity", "plot_attention_similarity", "evaluation_label", "evaluation_metrics",
@@ -124,8 +124,8 @@ __all__ = [
     # 11. Configuration and runs
     "PROFILES", "resolve_profile", "build_config", "parse_overrides", "flat_config",
     "parameters_source", "config_params", "environment_record", "Run", "run_test_scores",
-    "results_table", "PEER_POINTS", "plot_budget_curve", "non_embedding_parameters", "study_costs", "study_table",
-    "seed_noise", "plot_accuracy_cost", "plot_accuracy_steps", "store_path", "training_store", "open_run",
+    "results_table", "PEER_POINTS", "plot_budget_curve", "non_embedding_parameters", "study_costs", "cost_device",
+    "study_table", "seed_noise", "plot_accuracy_cost", "plot_accuracy_steps", "store_path", "training_store", "open_run",
     "FIGURES_DIR", "publish_figures",
     # 12. Pipeline runner and CLI
     "NOTEBOOK_DIR", "list_notebooks", "run_pipeline", "torchrun", "sweep", "extract_features",
@@ -6088,6 +6088,11 @@ def study_costs(root: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(f.read_text()) for f in files]
 
 
+def cost_device(cost: dict[str, Any]) -> str:
+    """The GPU's (or CPU's) name a cost table was timed on: its environment's device name."""
+    return cost.get("environment", {}).get("device_name") or cost.get("device", "?")
+
+
 def study_table(root: str | os.PathLike, costs: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """The distillation study's rows from its folder (scripts/sequence_study.sh): the evaluated
     run folders under `root` grouped by row (a1, a2 -> a; teacher alone), each with its seeds'
@@ -6163,7 +6168,7 @@ def plot_accuracy_cost(rows: Sequence[dict[str, Any]], costs: Sequence[dict[str,
         name = standins[0]["model"].removeprefix("teacher: ").split(":")[0]     # e.g. "standin (full)"
         ax.text(ms, 0.5, f"GR00T-shaped {name}, {ms:.3g} ms: answers no task",
                 transform=ax.get_xaxis_transform(), rotation=90, va="center", ha="right", fontsize=7, color="grey")
-    devices = sorted({c.get("environment", {}).get("device_name") or c.get("device", "?") for c in costs})
+    devices = sorted({cost_device(c) for c in costs})
     teacher = next((r for r in rows if r["row"] == "teacher"), None)
     if teacher:
         ax.axhline(90 * teacher["pass@2"], color="grey", linestyle=":", linewidth=1)
@@ -6875,7 +6880,7 @@ def _command_study(args: argparse.Namespace) -> int:
                            "non-embedding parameters": f"{r['non-embedding parameters'] / 1e6:.2f}M"} for r in rows],
                          digits=3))
     for cost in costs:
-        print(f"\ncost, one process on {cost.get('environment', {}).get('device_name') or cost['device']}:")
+        print(f"\ncost, one process on {cost_device(cost)}:")
         print(_cost_markdown(cost))
     if args.out:
         if not costs:
