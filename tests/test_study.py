@@ -1,7 +1,6 @@
 """scripts/study.sh: each row trains what its name says (teacher terms included), on the CPU."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
