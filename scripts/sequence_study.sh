@@ -24,12 +24,13 @@
 #                  input shape, one after another in one process
 #   all            every stage above in that order, seeds 1 and 2 for rows a, b, c, d and e
 #   hold           the whole study on one GPU, stages that need nothing from each other at once,
-#                  each its own process (logs in ROOT/logs): the teacher, then b, c and d; the
-#                  stand-in's store, then e; a; then the cost table alone over the teacher and each
-#                  row's first seed. A small row keeps the GPU a fifth busy, so rows share it; their
-#                  lengths must then be pinned, not timed: it needs EPOCHS and GRID_EPOCHS (and the
+#                  each its own process (logs in ROOT/logs): the teacher, then b and c beside d's
+#                  seeds one after another; the stand-in's store, then e; a; then the cost table
+#                  alone over the teacher and each row's first seed. Rows that share a GPU must
+#                  have their lengths pinned, not timed: it needs EPOCHS and GRID_EPOCHS (and the
 #                  teacher's TEACHER="schedule=epochs epochs=N seconds_budget=0"), and training
-#                  minutes measured beside other rows overstate a row's cost
+#                  minutes measured beside other rows overstate a row's cost. On one H100 the
+#                  teacher, the store and four small rows kept the GPU 93% busy (2026-12-06)
 # Then `python -m sage_core study ROOT --out figures/sequence_study.png`: the tables and the figure.
 # Stages that need nothing from each other may run at once, one GPU each
 # (CUDA_VISIBLE_DEVICES=i scripts/sequence_study.sh a1 & ...), or share one (hold). The original
@@ -89,8 +90,11 @@ case $stage in
       return $failed
     }
     on() { local r s out=(); for r; do for s in $seeds; do out+=("$r$s"); done; done; echo "${out[@]}"; }
+    # a grid student of row d takes 35-39 GB of an 80-GB GPU (batch 256, compiled): one at a time,
+    # beside rows b and c
+    grids() { local s; for s; do each "$s" || return 1; done; }
     # shellcheck disable=SC2046
-    (each teacher && each $(on b c d)) & taught=$!
+    (each teacher && { grids $(on d) & g=$!; bc=0; each $(on b c) || bc=1; wait $g && [ $bc = 0 ]; }) & taught=$!
     # shellcheck disable=SC2046
     (each standin-store && each $(on e)) & control=$!
     # shellcheck disable=SC2046

@@ -58,6 +58,9 @@ def test_sequence_study_in_one_hold_runs_every_row_and_times_each_rows_first_see
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(
         f"{s}.log" for s in ["teacher", "standin-store", *rows])
     assert json.loads((tmp_path / "teacher" / "train_summary.json").read_text())["epochs"] == 2
+    started = lambda run: (tmp_path / run / "train_config.json").stat().st_mtime     # noqa: E731
+    finished = lambda run: (tmp_path / run / "train_summary.json").stat().st_mtime   # noqa: E731
+    assert started("d3") >= finished("d2") and started("b2") < finished("d2")      # grid students one at a time
     answers = tmp_path / "teacher" / "predictions.json"
     assert json.loads(answers.read_text())                              # the teacher's voted answers
     rows = {name: config(tmp_path / name) for name in rows}
