@@ -6148,7 +6148,7 @@ def plot_accuracy_cost(rows: Sequence[dict[str, Any]], costs: Sequence[dict[str,
     ms per test input at batch 1 (log scale), the teacher among them; the GR00T-shaped
     stand-in's ms at its input shape (the mean over the cost tables' processes) as a line (it
     answers no ARC task); 90% of the teacher's pass@2 as a dotted line. Right: every run's
-    pass@2 against the steps its budget allowed, since those differ between rows and hosts.
+    pass@2 against the steps it took (a budget allows a different number on every host).
     -> Figure"""
     import matplotlib.pyplot as plt
     fig, (ax, by_steps) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
@@ -6158,9 +6158,8 @@ def plot_accuracy_cost(rows: Sequence[dict[str, Any]], costs: Sequence[dict[str,
         seeds = [100 * v for v in r["pass@2 by seed"]]
         y = 100 * r["pass@2"]
         ax.errorbar(r["ms per input, batch 1"], y, yerr=[[y - min(seeds)], [max(seeds) - y]],
-                    fmt="*" if r["row"] == "teacher" else "o", markersize=10 if r["row"] == "teacher" else 6, capsize=3)
-        ax.annotate(f"{r['row']} ({r['non-embedding parameters'] / 1e6:.3g}M)", (r["ms per input, batch 1"], y),
-                    (6, 4), textcoords="offset points", fontsize=7)
+                    fmt="*" if r["row"] == "teacher" else "o", markersize=10 if r["row"] == "teacher" else 6, capsize=3,
+                    label=f"{r['row']} ({r['non-embedding parameters'] / 1e6:.3g}M)")   # a legend: rows' points may overlap
     standins = [c["rows"][-1] for c in costs if c.get("rows")]   # each cost table's last row: the stand-in
     if standins:
         ms = sum(r["ms_batch1"] for r in standins) / len(standins)
@@ -6172,14 +6171,15 @@ def plot_accuracy_cost(rows: Sequence[dict[str, Any]], costs: Sequence[dict[str,
     teacher = next((r for r in rows if r["row"] == "teacher"), None)
     if teacher:
         ax.axhline(90 * teacher["pass@2"], color="grey", linestyle=":", linewidth=1)
-        ax.text(0.01, 90 * teacher["pass@2"], "90% of the teacher's pass@2", transform=ax.get_yaxis_transform(),
-                va="top", ha="left", fontsize=7, color="grey")
+        ax.text(0.5, 90 * teacher["pass@2"], "90% of the teacher's pass@2", transform=ax.get_yaxis_transform(),
+                va="top", ha="center", fontsize=7, color="grey")
     ax.set_xscale("log")
-    ax.margins(x=0.12)   # room for the labels of the outermost points
+    ax.margins(x=0.12)   # the outermost points clear of the frame and the legend
     ax.set_xlabel(f"ms per test input at batch 1 (whole answer written), {', '.join(devices) or '?'}")
     ax.set_ylabel("ARC-AGI-1 evaluation pass@2 (%)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", title="row (non-embedding parameters)", title_fontsize=7)
     ax.set_title(title or "accuracy against cost: teacher, students (bars: their seeds) and the stand-in", fontsize=9)
     plot_accuracy_steps(by_steps, rows)
     fig.tight_layout()
@@ -6188,13 +6188,16 @@ def plot_accuracy_cost(rows: Sequence[dict[str, Any]], costs: Sequence[dict[str,
 
 def plot_accuracy_steps(ax, rows: Sequence[dict[str, Any]]) -> None:
     """On `ax`: each run of the study's rows (study_table) as a point, its pass@2 against the
-    training steps it took, one colour per row, named by run."""
+    training steps it took, one colour per row, named by run where no other run took as many
+    steps (runs pinned to the same epochs share one x and their names would overlap)."""
+    shared = Counter(steps for r in rows for steps in r["training steps by seed"])
     for r in rows:
         steps, scores = r["training steps by seed"], [100 * v for v in r["pass@2 by seed"]]
         ax.plot(steps, scores, "*" if r["row"] == "teacher" else "o", label=r["row"])
         for run, x, y in zip(r["runs"], steps, scores):
-            ax.annotate(run, (x, y), (5, -9), textcoords="offset points", fontsize=6)
-    ax.set_xlabel("training steps in the row's budget")
+            if shared[x] == 1:
+                ax.annotate(run, (x, y), (5, -9), textcoords="offset points", fontsize=6)
+    ax.set_xlabel("training steps")
     ax.set_ylabel("ARC-AGI-1 evaluation pass@2 (%)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
