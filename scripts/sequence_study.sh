@@ -90,7 +90,7 @@ case $stage in
       return $failed
     }
     on() { local r s out=(); for r; do for s in $seeds; do out+=("$r$s"); done; done; echo "${out[@]}"; }
-    # a grid student of row d takes 35-39 GB of an 80-GB GPU (batch 256, compiled): one at a time,
+    # a grid student of row d takes 34-39 GiB of an H100's 79 (batch 256, compiled): one at a time,
     # beside rows b and c
     grids() { local s; for s; do each "$s" || return 1; done; }
     # shellcheck disable=SC2046
