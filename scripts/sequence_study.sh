@@ -30,7 +30,7 @@
 #                  have their lengths pinned, not timed: it needs EPOCHS and GRID_EPOCHS (and the
 #                  teacher's TEACHER="schedule=epochs epochs=N seconds_budget=0"), and training
 #                  minutes measured beside other rows overstate a row's cost. On one H100 the
-#                  teacher, the store and four small rows kept the GPU 93% busy (2026-12-06)
+#                  teacher, the store and four small rows kept the GPU 95% busy (2026-12-06)
 # Then `python -m sage_core study ROOT --out figures/sequence_study.png`: the tables and the figure.
 # Stages that need nothing from each other may run at once, one GPU each
 # (CUDA_VISIBLE_DEVICES=i scripts/sequence_study.sh a1 & ...), or share one (hold). The original
